@@ -1,0 +1,90 @@
+"""execpy-trio protocol version 1, sans-IO: frames, messages and state machines.
+
+Imports neither Trio nor anything above it (nor attrs, dataclasses, typing or logging, to
+keep the runner's start-up fast). See spec/protocol.md for the normative description.
+"""
+
+from __future__ import annotations
+
+from ._connection import PROTOCOL_VERSION, Connection, ConnectionClosed
+from ._errors import ExecpyError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._frame import (
+    ABSOLUTE_MAX_FRAME,
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    MIN_MAX_FRAME,
+    NEED_DATA,
+    FrameDecoder,
+    frame,
+    pack_body,
+    unpack_body,
+)
+from ._messages import (
+    CLIENT,
+    MESSAGE_TYPES,
+    RUNNER,
+    STATUS_CANCELLED,
+    STATUS_ERROR,
+    STATUS_OK,
+    STDERR,
+    STDOUT,
+    Cancel,
+    Done,
+    Error,
+    Eval,
+    Exec,
+    Hello,
+    InputReply,
+    InputRequest,
+    Message,
+    Output,
+    Ping,
+    Pong,
+    Shutdown,
+    UnknownMessage,
+    Welcome,
+    message_from_wire,
+)
+
+__all__ = [
+    "ABSOLUTE_MAX_FRAME",
+    "CLIENT",
+    "DEFAULT_MAX_FRAME",
+    "HANDSHAKE_MAX_FRAME",
+    "MESSAGE_TYPES",
+    "MIN_MAX_FRAME",
+    "NEED_DATA",
+    "PROTOCOL_VERSION",
+    "RUNNER",
+    "STATUS_CANCELLED",
+    "STATUS_ERROR",
+    "STATUS_OK",
+    "STDERR",
+    "STDOUT",
+    "Cancel",
+    "Connection",
+    "ConnectionClosed",
+    "Done",
+    "Error",
+    "Eval",
+    "Exec",
+    "ExecpyError",
+    "FrameDecoder",
+    "Hello",
+    "InputReply",
+    "InputRequest",
+    "LocalProtocolError",
+    "Message",
+    "Output",
+    "Ping",
+    "Pong",
+    "ProtocolError",
+    "RemoteProtocolError",
+    "Shutdown",
+    "UnknownMessage",
+    "Welcome",
+    "frame",
+    "message_from_wire",
+    "pack_body",
+    "unpack_body",
+]

@@ -1,0 +1,346 @@
+"""One end of a protocol connection, sans-IO (in the style of h11).
+
+``send(message)`` checks the message against the state machines for this role and returns
+the frame's bytes (the caller writes them); ``receive_data(bytes)`` takes what arrived (``b""``
+for end of stream) and ``next_event()`` returns messages one by one, :data:`NEED_DATA`, or
+:class:`ConnectionClosed`. Misuse on our side raises :class:`LocalProtocolError` and changes
+nothing; anything invalid from the peer raises :class:`RemoteProtocolError` and moves the
+connection to ERROR for good.
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+from . import _state as S
+from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._frame import (
+    ABSOLUTE_MAX_FRAME,
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    HEADER,
+    MIN_MAX_FRAME,
+    NEED_DATA,
+    FrameDecoder,
+    pack_body,
+)
+from ._messages import (
+    CLIENT,
+    RUNNER,
+    Error,
+    Hello,
+    Message,
+    Output,
+    UnknownMessage,
+    Welcome,
+    message_from_wire,
+)
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any
+
+#: The protocol version this package implements.
+PROTOCOL_VERSION = (1, 0)
+
+
+_OTHER = {CLIENT: RUNNER, RUNNER: CLIENT}
+
+
+class ConnectionClosed:
+    """Returned by ``next_event`` once the peer's byte stream has ended.
+
+    ``clean`` is True when the stream ended where the protocol allows it: after the
+    handshake with no op running, or after a shutdown.
+    """
+
+    __slots__ = ("clean", "state")
+
+    def __init__(self, state: str, clean: bool) -> None:
+        self.state = state
+        self.clean = clean
+
+    def __repr__(self) -> str:
+        return f"ConnectionClosed(state={self.state!r}, clean={self.clean})"
+
+
+def error_key(msg: Message) -> str:
+    """The transition key of a message (see _state's theory of operation)."""
+    if type(msg) is Error:
+        if msg.fatal:
+            return S.ERROR_FATAL
+        return S.ERROR_REJECT if msg.op is not None else S.ERROR_NOTICE
+    return msg.KIND
+
+
+class Connection:
+    """The protocol state of one side of one connection.
+
+    ``our_role`` is "client" or "runner". ``max_frame`` is the largest frame we accept
+    (announced in our hello/welcome). ``trace``, if given, is called as
+    ``trace(direction, message)`` with "send" or "recv" for every message: the frame log.
+    """
+
+    def __init__(
+        self,
+        our_role: str,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        trace: Callable[[str, Message], None] | None = None,
+    ) -> None:
+        if our_role not in (CLIENT, RUNNER):
+            raise ValueError(f"our_role must be 'client' or 'runner', not {our_role!r}")
+        if not MIN_MAX_FRAME <= max_frame <= ABSOLUTE_MAX_FRAME:
+            raise ValueError(
+                f"max_frame must be between {MIN_MAX_FRAME} and {ABSOLUTE_MAX_FRAME}, "
+                f"not {max_frame}"
+            )
+        self.our_role = our_role
+        self.their_role = _OTHER[our_role]
+        self.max_frame = max_frame
+        #: The largest frame the peer accepts (known after the handshake).
+        self.peer_max_frame = HANDSHAKE_MAX_FRAME
+        self.state = S.AWAIT_HELLO
+        #: The op in flight (None when idle), its op state, and the last op id opened.
+        self.current_op: int | None = None
+        self.op_state: str | None = None
+        self.last_op = 0
+        #: Ops opened while busy, which the runner must reject with a non-fatal error.
+        self.rejecting: set[int] = set()
+        self.peer_hello: Hello | None = None
+        self.peer_welcome: Welcome | None = None
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self._eof = False
+        self._sent_fatal = False
+        self.trace = trace
+
+    # -- sending --------------------------------------------------------------------------
+
+    def send(self, msg: Message) -> bytes:
+        """Check ``msg`` is legal now, apply it, and return its frame's bytes."""
+        if type(msg) is Error and msg.fatal and not self._sent_fatal:
+            # A failing side may always report why, once, even from ERROR.
+            data = self._encode(msg)
+            self._sent_fatal = True
+            self.state = S.ERROR
+            return data
+        if type(msg) is UnknownMessage:
+            raise LocalProtocolError("UnknownMessage is a received event; it cannot be sent")
+        if self.state == S.CLOSED or self.state == S.ERROR:
+            raise LocalProtocolError(
+                f"cannot send {msg.KIND!r}: the connection is {self.state} "
+                f"({S.EXPECTED[self.state]}); open a new connection"
+            )
+        data = self._encode(msg)  # before any state change: too-large raises here
+        try:
+            self._apply(msg, self.our_role)
+        except ProtocolError as exc:
+            raise LocalProtocolError(str(exc), error_code=exc.error_code) from None
+        if self.trace is not None:
+            self.trace("send", msg)
+        return data
+
+    def _encode(self, msg: Message) -> bytes:
+        if type(msg) is Output and len(msg.data) > 256:
+            # Assemble an output frame around its payload so the payload is copied once.
+            prefix = _output_prefix(msg)
+            size = len(prefix) + len(msg.data)
+            self._check_size(msg, size)
+            return b"".join((HEADER.pack(size), prefix, msg.data))
+        body = pack_body(msg.to_wire())
+        self._check_size(msg, len(body))
+        return HEADER.pack(len(body)) + body
+
+    def _check_size(self, msg: Message, size: int) -> None:
+        if size > self.peer_max_frame:
+            raise LocalProtocolError(
+                f"{msg.KIND!r} frame of {size} bytes is over the peer's limit of "
+                f"{self.peer_max_frame} bytes (state {self.state}); send less data per "
+                f"message (split output, or pass large values another way)",
+                error_code="frame-too-large",
+            )
+
+    # -- receiving ------------------------------------------------------------------------
+
+    def receive_data(self, data: bytes | bytearray | memoryview) -> None:
+        """Give the connection bytes from the peer; ``b""`` means the stream ended."""
+        if data:
+            if self._eof:
+                raise LocalProtocolError("receive_data() called with data after end of stream")
+            self._decoder.feed(data)
+        else:
+            self._eof = True
+
+    def next_event(self) -> Message | ConnectionClosed | Any:
+        """The next message from the peer, NEED_DATA, or ConnectionClosed at the end."""
+        if self.state == S.ERROR:
+            raise RemoteProtocolError(
+                "the connection is in the ERROR state after an earlier protocol error; "
+                "close it and open a new one",
+                error_code="connection-failed",
+            )
+        try:
+            value = self._decoder.next_value()
+            if value is NEED_DATA:
+                if self._eof:
+                    return self._closed()
+                return NEED_DATA
+            msg = message_from_wire(value)
+            if type(msg) is UnknownMessage:
+                if self.state not in (S.IDLE, S.BUSY, S.CLOSING):
+                    raise RemoteProtocolError(
+                        f"unknown message kind {msg.kind!r} in state {self.state}; "
+                        f"expected {S.EXPECTED[self.state]}",
+                        error_code="unexpected-message",
+                    )
+            else:
+                if msg.SENDER != self.their_role and msg.SENDER != "both":
+                    raise RemoteProtocolError(
+                        f"{msg.KIND!r} is sent by the {msg.SENDER}, but came from the "
+                        f"{self.their_role} (state {self.state})",
+                        error_code="unexpected-message",
+                    )
+                self._apply(msg, self.their_role)
+        except RemoteProtocolError:
+            self.state = S.ERROR
+            raise
+        except ProtocolError as exc:
+            self.state = S.ERROR
+            raise RemoteProtocolError(str(exc), error_code=exc.error_code) from None
+        if self.trace is not None:
+            self.trace("recv", msg)
+        return msg
+
+    def _closed(self) -> ConnectionClosed:
+        buffered = self._decoder.buffered
+        if buffered:
+            raise RemoteProtocolError(
+                f"the {self.their_role} closed the connection in the middle of a frame "
+                f"({buffered} bytes of it received, state {self.state})",
+                error_code="truncated-frame",
+            )
+        was = self.state
+        clean = was in (S.IDLE, S.CLOSING) and self.current_op is None
+        self.state = S.CLOSED
+        return ConnectionClosed(was, clean)
+
+    # -- the state machines ---------------------------------------------------------------
+
+    def _apply(self, msg: Message, sender: str) -> None:
+        """Step the machines for ``msg`` from ``sender``; raise ProtocolError on a miss.
+
+        Nothing is changed unless the whole step is legal.
+        """
+        key = error_key(msg)
+        entry = S.CONNECTION_TRANSITIONS.get((self.state, sender, key))
+        if entry is None:
+            raise ProtocolError(
+                f"{sender} may not send {key!r} in connection state {self.state}; "
+                f"expected {S.EXPECTED[self.state]}",
+                error_code="unexpected-message",
+            )
+        next_state, action = entry
+        new_op_state = self.op_state
+        new_current = self.current_op
+        if action is S.OPENS_OP or action is S.MUST_REJECT:
+            op = msg.op  # type: ignore[attr-defined]
+            if op <= self.last_op:
+                raise ProtocolError(
+                    f"op id {op} is not greater than the last op id {self.last_op}; "
+                    "op ids must increase on each connection",
+                    error_code="bad-op-id",
+                )
+            if action is S.MUST_REJECT:
+                self.rejecting.add(op)
+                self.last_op = op
+                self.state = next_state
+                return
+            new_current, new_op_state = op, S.STARTED
+        elif action is S.OP_STEP:
+            op = msg.op  # type: ignore[attr-defined]
+            if op != self.current_op:
+                if key == S.ERROR_REJECT and op in self.rejecting:
+                    self.rejecting.discard(op)
+                    return
+                if sender == CLIENT and msg.KIND in S.STALE_OK and op <= self.last_op:
+                    return  # crossed with the op's completion: harmless
+                raise ProtocolError(
+                    f"{msg.KIND!r} names op {op}, but the op in flight is "
+                    f"{self.current_op} (connection state {self.state}, last op {self.last_op})",
+                    error_code="unknown-op",
+                )
+            assert self.op_state is not None
+            step = S.OP_TRANSITIONS.get((self.op_state, sender, key))
+            if step is None:
+                raise ProtocolError(
+                    f"{sender} may not send {key!r} while op {op} is {self.op_state}",
+                    error_code="unexpected-message",
+                )
+            new_op_state = step
+            if step == S.DONE:
+                new_current, new_op_state = None, None
+                if next_state == S.BUSY:
+                    next_state = S.IDLE
+        elif type(msg) is Hello:
+            self._check_version(msg.version, "hello")
+            self._check_peer_limit(msg.max_frame, sender)
+        elif type(msg) is Welcome:
+            self._check_version(msg.version, "welcome")
+            self._check_peer_limit(msg.max_frame, sender)
+        # The step is legal: commit it.
+        if action is S.OPENS_OP:
+            self.last_op = new_current  # type: ignore[assignment]
+        self.current_op = new_current
+        self.op_state = new_op_state
+        self.state = next_state
+        if type(msg) is Hello or type(msg) is Welcome:
+            self._handshake_step(msg, sender)
+
+    def _check_version(self, version: tuple[int, int], kind: str) -> None:
+        if version[0] != PROTOCOL_VERSION[0]:
+            raise ProtocolError(
+                f"{kind!r} speaks protocol version {version[0]}.{version[1]}, this side "
+                f"speaks {PROTOCOL_VERSION[0]}.{PROTOCOL_VERSION[1]}; major versions must "
+                "match: install matching versions of the client and the runner",
+                error_code="version-mismatch",
+            )
+
+    def _check_peer_limit(self, max_frame: int, sender: str) -> None:
+        if not MIN_MAX_FRAME <= max_frame <= ABSOLUTE_MAX_FRAME:
+            raise ProtocolError(
+                f"the {sender} announced max_frame={max_frame}; it must be between "
+                f"{MIN_MAX_FRAME} and {ABSOLUTE_MAX_FRAME}",
+                error_code="bad-message",
+            )
+
+    def _handshake_step(self, msg: Hello | Welcome, sender: str) -> None:
+        if sender == self.their_role:
+            self.peer_max_frame = msg.max_frame
+            if type(msg) is Hello:
+                self.peer_hello = msg
+            else:
+                self.peer_welcome = msg  # type: ignore[assignment]
+        if self.state == S.IDLE:
+            # Handshake complete: our own announced limit now applies to what we accept.
+            self._decoder.max_frame = self.max_frame
+
+
+_BIN16 = struct.Struct(">BH")
+_BIN32 = struct.Struct(">BI")
+
+
+def _output_prefix(msg: Output) -> bytes:
+    """The msgpack bytes of an output map up to (not including) its payload."""
+    n = len(msg.data)
+    if n < 256:
+        bin_header = bytes((0xC4, n))
+    elif n < 65536:
+        bin_header = _BIN16.pack(0xC5, n)
+    else:
+        bin_header = _BIN32.pack(0xC6, n)
+    head = msgpack.packb({"kind": "output", "op": msg.op, "stream": msg.stream}, use_bin_type=True)
+    # A fixmap header is 0x80 | count: the map gains one entry, the payload.
+    return bytes((head[0] + 1,)) + head[1:] + b"\xa4data" + bin_header

@@ -1,0 +1,181 @@
+"""Frame codec: a 4-byte big-endian unsigned length, then exactly one msgpack value.
+
+Theory of operation: :class:`FrameDecoder` is fed whatever bytes arrive, in any chunking,
+and hands back complete msgpack values. It refuses a frame whose announced length is over
+the limit as soon as the 4-byte header is seen, so an announced 4 GiB frame costs nothing.
+Bytes are appended to one ``bytearray`` and consumed by advancing an offset; the buffer is
+compacted only when the consumed part dominates, so feeding one byte at a time and
+draining many small frames from one large chunk are both linear. When the buffer is empty
+and a chunk holds whole frames, they are decoded straight out of the chunk (no copy).
+"""
+
+from __future__ import annotations
+
+import struct
+
+import msgpack
+
+from ._errors import LocalProtocolError, RemoteProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any
+
+HEADER = struct.Struct(">I")
+HEADER_SIZE = 4
+#: The largest frame anyone may send before the handshake has agreed on limits.
+HANDSHAKE_MAX_FRAME = 64 * 1024
+#: The smallest ``max_frame`` a peer may announce.
+MIN_MAX_FRAME = 64 * 1024
+#: What this implementation announces by default.
+DEFAULT_MAX_FRAME = 16 * 1024 * 1024
+#: The wire format cannot express more.
+ABSOLUTE_MAX_FRAME = 0xFFFFFFFF
+
+
+def _refuse_ext(code: int, data: bytes) -> Any:
+    raise ValueError(f"msgpack extension type {code} is not allowed in this protocol")
+
+
+def pack_body(value: Any) -> bytes:
+    """Encode one value as msgpack (str as str, bytes as bin), without the header."""
+    try:
+        return msgpack.packb(value, use_bin_type=True)  # type: ignore[no-any-return]
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise LocalProtocolError(f"cannot encode {type(value).__name__} as msgpack: {exc}") from exc
+
+
+def unpack_body(body: bytes | bytearray | memoryview) -> Any:
+    """Decode exactly one msgpack value, or raise RemoteProtocolError."""
+    try:
+        return msgpack.unpackb(
+            body, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext
+        )
+    except Exception as exc:  # msgpack raises many unrelated types; all mean "bad frame"
+        raise RemoteProtocolError(
+            f"frame body is not one valid msgpack value: {type(exc).__name__}: {exc}",
+            error_code="bad-frame",
+        ) from exc
+
+
+def frame(body: bytes) -> bytes:
+    """Prefix an encoded body with its length header."""
+    return HEADER.pack(len(body)) + body
+
+
+class FrameDecoder:
+    """Incremental, bounded frame decoder.
+
+    Feed it bytes with :meth:`feed`, then call :meth:`next_value` until it returns
+    :data:`NEED_DATA`. Values come out one at a time so that an invalid frame is reported
+    only after every valid frame before it has been taken. ``max_frame`` is the largest body
+    accepted and may be raised at any time (the handshake does). After an error the decoder
+    is unusable: the caller must close the connection.
+    """
+
+    __slots__ = ("_buf", "_chunk", "_chunk_pos", "_pos", "max_frame")
+
+    def __init__(self, max_frame: int = HANDSHAKE_MAX_FRAME) -> None:
+        self._buf = bytearray()
+        self._pos = 0
+        # An immutable chunk fed while nothing was buffered is decoded in place (no copy).
+        self._chunk: memoryview | None = None
+        self._chunk_pos = 0
+        self.max_frame = max_frame
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received but not yet returned as values."""
+        if self._chunk is not None:
+            return len(self._chunk) - self._chunk_pos
+        return len(self._buf) - self._pos
+
+    def feed(self, data: bytes | bytearray | memoryview) -> None:
+        """Add received bytes. A ``bytes`` object may be kept (not copied) until consumed."""
+        if not data:
+            return
+        if self._chunk is not None:
+            self._buf += self._chunk[self._chunk_pos :]
+            self._chunk.release()
+            self._chunk = None
+        if self._pos == len(self._buf) and type(data) is bytes:
+            self._buf.clear()
+            self._pos = 0
+            self._chunk = memoryview(data)
+            self._chunk_pos = 0
+            return
+        self._buf += data
+
+    def next_value(self) -> Any:
+        """Return the next complete value, or :data:`NEED_DATA`.
+
+        Raises RemoteProtocolError for an oversized announced length (before buffering the
+        body) or a body that is not exactly one valid msgpack value.
+        """
+        if self._chunk is not None:
+            view = self._chunk
+            pos = self._chunk_pos
+            end = len(view)
+            if end - pos < HEADER_SIZE:
+                return self._spill()
+            (length,) = HEADER.unpack_from(view, pos)
+            self._check_length(length)
+            stop = pos + HEADER_SIZE + length
+            if stop > end:
+                return self._spill()
+            self._chunk_pos = stop
+            if stop == end:
+                self._chunk = None
+            return unpack_body(view[pos + HEADER_SIZE : stop])
+        buf = self._buf
+        pos = self._pos
+        end = len(buf)
+        if end - pos < HEADER_SIZE:
+            return NEED_DATA
+        (length,) = HEADER.unpack_from(buf, pos)
+        self._check_length(length)
+        stop = pos + HEADER_SIZE + length
+        if stop > end:
+            return NEED_DATA
+        with memoryview(buf) as view:
+            body = view[pos + HEADER_SIZE : stop]
+            try:
+                value = unpack_body(body)
+            finally:
+                body.release()
+        self._pos = stop
+        # Compact only when the consumed prefix dominates: amortised linear in all cases.
+        if stop == end:
+            buf.clear()
+            self._pos = 0
+        elif stop > 65536 and stop * 2 > end:
+            del buf[:stop]
+            self._pos = 0
+        return value
+
+    def _spill(self) -> Any:
+        # A partial frame is left in the borrowed chunk: copy just that tail and wait.
+        assert self._chunk is not None
+        self._buf += self._chunk[self._chunk_pos :]
+        self._chunk.release()
+        self._chunk = None
+        return NEED_DATA
+
+    def _check_length(self, length: int) -> None:
+        if length > self.max_frame:
+            raise RemoteProtocolError(
+                f"peer announced a frame of {length} bytes, over the limit of "
+                f"{self.max_frame} bytes; refusing it before reading it",
+                error_code="frame-too-large",
+            )
+
+
+class _NeedData:
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "NEED_DATA"
+
+
+#: Returned by :meth:`FrameDecoder.next_value` when no complete frame is buffered.
+NEED_DATA: Any = _NeedData()

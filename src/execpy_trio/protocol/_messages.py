@@ -1,0 +1,561 @@
+"""The message catalogue of protocol version 1 (spec/protocol.md, section 4).
+
+Every message is a msgpack map with a ``kind`` string and the fields listed here. Classes
+are frozen and slotted, hand-written rather than built with attrs or dataclasses: the
+runner imports this module on its start-up path and those two cost 17-30 ms to import.
+
+Decoding ignores unknown fields; an unknown ``kind`` decodes to :class:`UnknownMessage` so
+the receiver can answer it with an ``unknown-kind`` error instead of failing.
+"""
+
+from __future__ import annotations
+
+from ._errors import RemoteProtocolError
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+    from typing import Any, ClassVar
+
+# Roles, by the name of the side that sends a message.
+CLIENT = "client"
+RUNNER = "runner"
+
+STDOUT = "stdout"
+STDERR = "stderr"
+STREAMS = (STDOUT, STDERR)
+
+STATUS_OK = "ok"
+STATUS_ERROR = "error"
+STATUS_CANCELLED = "cancelled"
+STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_CANCELLED)
+
+#: Op ids and ping tokens are unsigned and fit in 63 bits, so every msgpack library can
+#: hold them in a signed 64-bit integer.
+MAX_ID = 2**63 - 1
+
+_set = object.__setattr__
+
+
+def _is_int(v: object) -> bool:
+    return type(v) is int
+
+
+def _is_id(v: object) -> bool:
+    return type(v) is int and 0 < v <= MAX_ID  # type: ignore[operator]
+
+
+def _is_uint(v: object) -> bool:
+    return type(v) is int and 0 <= v <= MAX_ID  # type: ignore[operator]
+
+
+def _is_str(v: object) -> bool:
+    return type(v) is str
+
+
+def _is_opt_str(v: object) -> bool:
+    return v is None or type(v) is str
+
+
+def _is_bool(v: object) -> bool:
+    return type(v) is bool
+
+
+def _is_bytes(v: object) -> bool:
+    return type(v) is bytes
+
+
+def _is_any(v: object) -> bool:
+    return True
+
+
+def _is_opt_id(v: object) -> bool:
+    return v is None or _is_id(v)
+
+
+def _is_version(v: object) -> bool:
+    return (
+        type(v) in (list, tuple)
+        and len(v) == 2  # type: ignore[arg-type]
+        and all(_is_uint(x) for x in v)  # type: ignore[attr-defined]
+    )
+
+
+def _is_str_list(v: object) -> bool:
+    return type(v) in (list, tuple) and all(type(x) is str for x in v)  # type: ignore[attr-defined]
+
+
+def _is_opt_str_map(v: object) -> bool:
+    return v is None or (type(v) is dict and all(type(k) is str for k in v))
+
+
+def _is_stream(v: object) -> bool:
+    return v in STREAMS
+
+
+def _is_status(v: object) -> bool:
+    return v in STATUSES
+
+
+def _is_opt_error_info(v: object) -> bool:
+    return v is None or (
+        type(v) is dict
+        and type(v.get("type")) is str
+        and type(v.get("message")) is str
+        and type(v.get("traceback")) is str
+    )
+
+
+_REQUIRED = object()
+
+
+class Message:
+    """Base of every message. Subclasses list their wire fields in ``FIELDS``."""
+
+    __slots__ = ()
+    #: The wire ``kind``.
+    KIND: ClassVar[str] = ""
+    #: Which role may send it: "client", "runner" or "both".
+    SENDER: ClassVar[str] = ""
+    #: (name, validator, default or _REQUIRED), in wire order.
+    FIELDS: ClassVar[tuple[tuple[str, Callable[[object], bool], object], ...]] = ()
+    #: The field naming the op, for op-scoped messages.
+    OP_SCOPED: ClassVar[bool] = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen; build a new message instead")
+
+    def __delattr__(self, name: str) -> None:
+        raise AttributeError(f"{type(self).__name__} is frozen")
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not type(self):
+            return NotImplemented
+        return all(getattr(self, n) == getattr(other, n) for n in self.__slots__)
+
+    def __hash__(self) -> int:
+        return hash((type(self), *(_freeze(getattr(self, n)) for n in self.__slots__)))
+
+    def __repr__(self) -> str:
+        args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
+        return f"{type(self).__name__}({args})"
+
+    def to_wire(self) -> dict[str, Any]:
+        """The msgpack map for this message; fields equal to their default are left out."""
+        d: dict[str, Any] = {"kind": self.KIND}
+        for name, _check, default in self.FIELDS:
+            value = getattr(self, name)
+            if default is _REQUIRED or value != default:
+                d[name] = value
+        return d
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Message:
+        """Build from a decoded map, or raise RemoteProtocolError naming the bad field."""
+        kwargs = {}
+        for name, check, default in cls.FIELDS:
+            if name in d:
+                value = d[name]
+                if not check(value):
+                    raise RemoteProtocolError(
+                        f"{cls.KIND!r} message has an invalid {name!r} field: {value!r:.200} "
+                        f"({type(value).__name__}); see spec/protocol.md section 4",
+                        error_code="bad-message",
+                    )
+                kwargs[name] = value
+            elif default is _REQUIRED:
+                raise RemoteProtocolError(
+                    f"{cls.KIND!r} message lacks the required field {name!r}",
+                    error_code="bad-message",
+                )
+        return cls(**kwargs)
+
+
+def _freeze(v: object) -> object:
+    if isinstance(v, dict):
+        return tuple(sorted((k, _freeze(x)) for k, x in v.items()))
+    if isinstance(v, list):
+        return tuple(_freeze(x) for x in v)
+    return v
+
+
+# --- handshake -------------------------------------------------------------------------
+
+
+class Hello(Message):
+    """Client -> runner, first frame: who the client is and what it accepts."""
+
+    __slots__ = ("version", "impl_name", "impl_version", "max_frame", "capabilities")
+    KIND = "hello"
+    SENDER = CLIENT
+    FIELDS = (
+        ("version", _is_version, _REQUIRED),
+        ("impl_name", _is_str, _REQUIRED),
+        ("impl_version", _is_str, _REQUIRED),
+        ("max_frame", _is_uint, _REQUIRED),
+        ("capabilities", _is_str_list, ()),
+    )
+    version: tuple[int, int]
+    impl_name: str
+    impl_version: str
+    max_frame: int
+    capabilities: tuple[str, ...]
+
+    def __init__(
+        self,
+        version: tuple[int, int] | list[int],
+        impl_name: str,
+        impl_version: str,
+        max_frame: int,
+        capabilities: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        _set(self, "version", tuple(version))
+        _set(self, "impl_name", impl_name)
+        _set(self, "impl_version", impl_version)
+        _set(self, "max_frame", max_frame)
+        _set(self, "capabilities", tuple(capabilities))
+
+    def to_wire(self) -> dict[str, Any]:
+        d = super().to_wire()
+        d["version"] = list(self.version)
+        d["capabilities"] = list(self.capabilities)
+        return d
+
+
+class Welcome(Message):
+    """Runner -> client, answer to hello: who the runner is and what it accepts."""
+
+    __slots__ = (
+        "version",
+        "impl_name",
+        "impl_version",
+        "language",
+        "language_version",
+        "pid",
+        "max_frame",
+        "capabilities",
+    )
+    KIND = "welcome"
+    SENDER = RUNNER
+    FIELDS = (
+        ("version", _is_version, _REQUIRED),
+        ("impl_name", _is_str, _REQUIRED),
+        ("impl_version", _is_str, _REQUIRED),
+        ("language", _is_str, _REQUIRED),
+        ("language_version", _is_str, _REQUIRED),
+        ("pid", _is_uint, _REQUIRED),
+        ("max_frame", _is_uint, _REQUIRED),
+        ("capabilities", _is_str_list, ()),
+    )
+    version: tuple[int, int]
+    impl_name: str
+    impl_version: str
+    language: str
+    language_version: str
+    pid: int
+    max_frame: int
+    capabilities: tuple[str, ...]
+
+    def __init__(
+        self,
+        version: tuple[int, int] | list[int],
+        impl_name: str,
+        impl_version: str,
+        language: str,
+        language_version: str,
+        pid: int,
+        max_frame: int,
+        capabilities: tuple[str, ...] | list[str] = (),
+    ) -> None:
+        _set(self, "version", tuple(version))
+        _set(self, "impl_name", impl_name)
+        _set(self, "impl_version", impl_version)
+        _set(self, "language", language)
+        _set(self, "language_version", language_version)
+        _set(self, "pid", pid)
+        _set(self, "max_frame", max_frame)
+        _set(self, "capabilities", tuple(capabilities))
+
+    def to_wire(self) -> dict[str, Any]:
+        d = super().to_wire()
+        d["version"] = list(self.version)
+        d["capabilities"] = list(self.capabilities)
+        return d
+
+
+# --- requests (client -> runner) -------------------------------------------------------
+
+
+class Exec(Message):
+    """Run ``code`` in the runner's namespace."""
+
+    __slots__ = ("op", "code", "allow_stdin", "stdin", "variables")
+    KIND = "exec"
+    SENDER = CLIENT
+    OP_SCOPED = True
+    FIELDS = (
+        ("op", _is_id, _REQUIRED),
+        ("code", _is_str, _REQUIRED),
+        ("allow_stdin", _is_bool, False),
+        ("stdin", _is_opt_str, None),
+        ("variables", _is_opt_str_map, None),
+    )
+    op: int
+    code: str
+    allow_stdin: bool
+    stdin: str | None
+    variables: dict[str, Any] | None
+
+    def __init__(
+        self,
+        op: int,
+        code: str,
+        allow_stdin: bool = False,
+        stdin: str | None = None,
+        variables: dict[str, Any] | None = None,
+    ) -> None:
+        _set(self, "op", op)
+        _set(self, "code", code)
+        _set(self, "allow_stdin", allow_stdin)
+        _set(self, "stdin", stdin)
+        _set(self, "variables", variables)
+
+
+class Eval(Message):
+    """Evaluate the expression ``expr`` and send its value back as plain msgpack data."""
+
+    __slots__ = ("op", "expr", "variables")
+    KIND = "eval"
+    SENDER = CLIENT
+    OP_SCOPED = True
+    FIELDS = (
+        ("op", _is_id, _REQUIRED),
+        ("expr", _is_str, _REQUIRED),
+        ("variables", _is_opt_str_map, None),
+    )
+    op: int
+    expr: str
+    variables: dict[str, Any] | None
+
+    def __init__(self, op: int, expr: str, variables: dict[str, Any] | None = None) -> None:
+        _set(self, "op", op)
+        _set(self, "expr", expr)
+        _set(self, "variables", variables)
+
+
+class InputReply(Message):
+    """Answer to an input request; ``text`` None means end of input (EOFError)."""
+
+    __slots__ = ("op", "text")
+    KIND = "input_reply"
+    SENDER = CLIENT
+    OP_SCOPED = True
+    FIELDS = (("op", _is_id, _REQUIRED), ("text", _is_opt_str, None))
+    op: int
+    text: str | None
+
+    def __init__(self, op: int, text: str | None) -> None:
+        _set(self, "op", op)
+        _set(self, "text", text)
+
+    def to_wire(self) -> dict[str, Any]:
+        # ``text`` is always written, so that nil (end of input) is explicit on the wire.
+        return {"kind": self.KIND, "op": self.op, "text": self.text}
+
+
+class Cancel(Message):
+    """Interrupt op ``op``. Harmless for an op that already completed."""
+
+    __slots__ = ("op",)
+    KIND = "cancel"
+    SENDER = CLIENT
+    OP_SCOPED = True
+    FIELDS = (("op", _is_id, _REQUIRED),)
+    op: int
+
+    def __init__(self, op: int) -> None:
+        _set(self, "op", op)
+
+
+class Ping(Message):
+    """Liveness check; answered by a pong with the same token, even while code runs."""
+
+    __slots__ = ("token",)
+    KIND = "ping"
+    SENDER = CLIENT
+    FIELDS = (("token", _is_uint, _REQUIRED),)
+    token: int
+
+    def __init__(self, token: int) -> None:
+        _set(self, "token", token)
+
+
+class Shutdown(Message):
+    """Ask the runner to interrupt any running op, finish it, and exit."""
+
+    __slots__ = ()
+    KIND = "shutdown"
+    SENDER = CLIENT
+
+    def __init__(self) -> None:
+        pass
+
+
+# --- events (runner -> client) ---------------------------------------------------------
+
+
+class Output(Message):
+    """Bytes the op's code wrote to fd 1 (stdout) or fd 2 (stderr), in order."""
+
+    __slots__ = ("op", "stream", "data")
+    KIND = "output"
+    SENDER = RUNNER
+    OP_SCOPED = True
+    FIELDS = (("op", _is_id, _REQUIRED), ("stream", _is_stream, _REQUIRED), ("data", _is_bytes, _REQUIRED))
+    op: int
+    stream: str
+    data: bytes
+
+    def __init__(self, op: int, stream: str, data: bytes) -> None:
+        _set(self, "op", op)
+        _set(self, "stream", stream)
+        _set(self, "data", data)
+
+
+class InputRequest(Message):
+    """The op's code is waiting for one line of input."""
+
+    __slots__ = ("op", "prompt", "password")
+    KIND = "input_request"
+    SENDER = RUNNER
+    OP_SCOPED = True
+    FIELDS = (("op", _is_id, _REQUIRED), ("prompt", _is_str, ""), ("password", _is_bool, False))
+    op: int
+    prompt: str
+    password: bool
+
+    def __init__(self, op: int, prompt: str = "", password: bool = False) -> None:
+        _set(self, "op", op)
+        _set(self, "prompt", prompt)
+        _set(self, "password", password)
+
+
+class Done(Message):
+    """The single completion of an accepted op, sent after all of its output."""
+
+    __slots__ = ("op", "status", "value", "error")
+    KIND = "done"
+    SENDER = RUNNER
+    OP_SCOPED = True
+    FIELDS = (
+        ("op", _is_id, _REQUIRED),
+        ("status", _is_status, _REQUIRED),
+        ("value", _is_any, None),
+        ("error", _is_opt_error_info, None),
+    )
+    op: int
+    status: str
+    value: Any
+    error: dict[str, str] | None
+
+    def __init__(
+        self, op: int, status: str, value: Any = None, error: dict[str, str] | None = None
+    ) -> None:
+        _set(self, "op", op)
+        _set(self, "status", status)
+        _set(self, "value", value)
+        _set(self, "error", error)
+
+
+class Pong(Message):
+    """Answer to ping."""
+
+    __slots__ = ("token",)
+    KIND = "pong"
+    SENDER = RUNNER
+    FIELDS = (("token", _is_uint, _REQUIRED),)
+    token: int
+
+    def __init__(self, token: int) -> None:
+        _set(self, "token", token)
+
+
+class Error(Message):
+    """A protocol-level error report, from either side.
+
+    ``fatal`` errors end the connection: the sender closes after it. A non-fatal error with
+    ``op`` set, sent by the runner as its first answer to an exec or eval, rejects that op
+    (no completion follows). A non-fatal error without ``op`` reports a message that was
+    ignored (an unknown kind).
+    """
+
+    __slots__ = ("code", "message", "op", "fatal")
+    KIND = "error"
+    SENDER = "both"
+    FIELDS = (
+        ("code", _is_str, _REQUIRED),
+        ("message", _is_str, _REQUIRED),
+        ("op", _is_opt_id, None),
+        ("fatal", _is_bool, False),
+    )
+    code: str
+    message: str
+    op: int | None
+    fatal: bool
+
+    def __init__(self, code: str, message: str, op: int | None = None, fatal: bool = False) -> None:
+        _set(self, "code", code)
+        _set(self, "message", message)
+        _set(self, "op", op)
+        _set(self, "fatal", fatal)
+
+
+class UnknownMessage(Message):
+    """A well-formed map whose ``kind`` this implementation does not know (receive only)."""
+
+    __slots__ = ("kind", "fields")
+    KIND = ""
+    SENDER = "both"
+    kind: str
+    fields: dict[str, Any]
+
+    def __init__(self, kind: str, fields: dict[str, Any]) -> None:
+        _set(self, "kind", kind)
+        _set(self, "fields", fields)
+
+
+MESSAGE_TYPES: tuple[type[Message], ...] = (
+    Hello,
+    Welcome,
+    Exec,
+    Eval,
+    InputReply,
+    Cancel,
+    Ping,
+    Shutdown,
+    Output,
+    InputRequest,
+    Done,
+    Pong,
+    Error,
+)
+BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGE_TYPES}
+
+
+def message_from_wire(value: Any) -> Message:
+    """Turn one decoded msgpack value into a message, or raise RemoteProtocolError."""
+    if type(value) is not dict:
+        raise RemoteProtocolError(
+            f"a frame must hold a msgpack map, got {type(value).__name__}",
+            error_code="bad-message",
+        )
+    kind = value.get("kind")
+    if type(kind) is not str:
+        raise RemoteProtocolError(
+            f"a message needs a string 'kind' field, got {kind!r:.100}", error_code="bad-message"
+        )
+    cls = BY_KIND.get(kind)
+    if cls is None:
+        fields = {k: v for k, v in value.items() if k != "kind"}
+        return UnknownMessage(kind, fields)
+    return cls.from_wire(value)
