@@ -134,6 +134,9 @@ class Connection:
                 f"cannot send {msg.KIND!r}: the connection is {self.state} "
                 f"({S.EXPECTED[self.state]}); open a new connection"
             )
+        problem = msg.problem()
+        if problem is not None:
+            raise LocalProtocolError(problem, error_code="bad-message")
         data = self._encode(msg)  # before any state change: too-large raises here
         try:
             self._apply(msg, self.our_role)

@@ -61,8 +61,8 @@ def _is_bool(v: object) -> bool:
     return type(v) is bool
 
 
-def _is_bytes(v: object) -> bool:
-    return type(v) is bytes
+def _is_data(v: object) -> bool:
+    return type(v) is bytes and len(v) > 0
 
 
 def _is_any(v: object) -> bool:
@@ -140,6 +140,10 @@ class Message:
         args = ", ".join(f"{n}={getattr(self, n)!r}" for n in self.__slots__)
         return f"{type(self).__name__}({args})"
 
+    def problem(self) -> str | None:
+        """What makes this message invalid beyond its fields' types, or None."""
+        return None
+
     def to_wire(self) -> dict[str, Any]:
         """The msgpack map for this message; fields equal to their default are left out."""
         d: dict[str, Any] = {"kind": self.KIND}
@@ -168,7 +172,11 @@ class Message:
                     f"{cls.KIND!r} message lacks the required field {name!r}",
                     error_code="bad-message",
                 )
-        return cls(**kwargs)
+        msg = cls(**kwargs)
+        problem = msg.problem()
+        if problem is not None:
+            raise RemoteProtocolError(problem, error_code="bad-message")
+        return msg
 
 
 def _freeze(v: object) -> object:
@@ -411,7 +419,7 @@ class Output(Message):
     KIND = "output"
     SENDER = RUNNER
     OP_SCOPED = True
-    FIELDS = (("op", _is_id, _REQUIRED), ("stream", _is_stream, _REQUIRED), ("data", _is_bytes, _REQUIRED))
+    FIELDS = (("op", _is_id, _REQUIRED), ("stream", _is_stream, _REQUIRED), ("data", _is_data, _REQUIRED))
     op: int
     stream: str
     data: bytes
@@ -465,6 +473,14 @@ class Done(Message):
         _set(self, "status", status)
         _set(self, "value", value)
         _set(self, "error", error)
+
+    def problem(self) -> str | None:
+        # "ok" carries no error and "error" must say what failed (spec section 4.2).
+        if self.status == STATUS_OK and self.error is not None:
+            return f"done for op {self.op} has status 'ok' and an error; an ok completion has none"
+        if self.status == STATUS_ERROR and self.error is None:
+            return f"done for op {self.op} has status 'error' but no error info"
+        return None
 
 
 class Pong(Message):
