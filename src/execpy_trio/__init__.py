@@ -16,7 +16,9 @@ __version__ = "0.1.0"
 
 
 def __getattr__(name: str) -> object:
-    if name.startswith("__") and name != "__all__":
+    # Private names are submodules: let the import system load them (answering here would
+    # make "from . import _public" below recurse into this function).
+    if name.startswith("_") and name != "__all__":
         raise AttributeError(name)
     from . import _public
 

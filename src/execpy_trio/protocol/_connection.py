@@ -24,17 +24,21 @@ from ._frame import (
     MIN_MAX_FRAME,
     NEED_DATA,
     FrameDecoder,
-    pack_body,
 )
 from ._messages import (
     CLIENT,
+    MAX_ID,
     RUNNER,
+    STDERR,
+    STDOUT,
     Error,
     Hello,
     Message,
     Output,
     UnknownMessage,
     Welcome,
+    checked_wire,
+    invalid_reason,
     message_from_wire,
 )
 
@@ -113,7 +117,13 @@ class Connection:
         self.peer_hello: Hello | None = None
         self.peer_welcome: Welcome | None = None
         self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        # One packer per connection (not per frame: creating one costs more than packing a
+        # small message). Sends are serialised by the caller, as the state requires anyway.
+        self._pack = msgpack.Packer(use_bin_type=True).pack
+        self._output_key: tuple[int, str] | None = None
+        self._output_head = b""
         self._eof = False
+        self._closed_event: ConnectionClosed | None = None
         self._sent_fatal = False
         self.trace = trace
 
@@ -123,21 +133,39 @@ class Connection:
         """Check ``msg`` is legal now, apply it, and return its frame's bytes."""
         if type(msg) is Error and msg.fatal and not self._sent_fatal:
             # A failing side may always report why, once, even from ERROR.
-            data = self._encode(msg)
+            data = self._encode_wire(msg, checked_wire(msg))
             self._sent_fatal = True
             self.state = S.ERROR
+            if self.trace is not None:
+                self.trace("send", msg)
             return data
-        if type(msg) is UnknownMessage:
+        cls = type(msg)
+        if cls is UnknownMessage:
             raise LocalProtocolError("UnknownMessage is a received event; it cannot be sent")
         if self.state == S.CLOSED or self.state == S.ERROR:
             raise LocalProtocolError(
-                f"cannot send {msg.KIND!r}: the connection is {self.state} "
+                f"the {self.our_role} cannot send {msg.KIND!r}: the connection is {self.state} "
                 f"({S.EXPECTED[self.state]}); open a new connection"
             )
-        problem = msg.problem()
-        if problem is not None:
-            raise LocalProtocolError(problem, error_code="bad-message")
-        data = self._encode(msg)  # before any state change: too-large raises here
+        if type(msg) is Output:
+            # The hot path of a runner streaming output: invalid_reason's checks, inline.
+            op = msg.op
+            payload = msg.data
+            stream = msg.stream
+            if not (
+                type(op) is int
+                and 0 < op <= MAX_ID
+                and type(payload) is bytes
+                and payload
+                and (stream == STDOUT or stream == STDERR)
+            ):
+                raise LocalProtocolError(str(invalid_reason(msg)), error_code="bad-message")
+            problem = msg.problem()
+            if problem is not None:
+                raise LocalProtocolError(problem, error_code="bad-message")
+            data = self._encode_output(msg)  # before any state change: too-large raises here
+        else:
+            data = self._encode_wire(msg, checked_wire(msg))
         try:
             self._apply(msg, self.our_role)
         except ProtocolError as exc:
@@ -147,14 +175,38 @@ class Connection:
         return data
 
     def _encode(self, msg: Message) -> bytes:
-        if type(msg) is Output and len(msg.data) > 256:
-            # Assemble an output frame around its payload so the payload is copied once.
-            prefix = _output_prefix(msg)
-            size = len(prefix) + len(msg.data)
+        """The frame of ``msg``; checks only its size against the peer's limit."""
+        if type(msg) is Output:
+            return self._encode_output(msg)
+        return self._encode_wire(msg, msg.to_wire())
+
+    def _encode_output(self, msg: Output) -> bytes:
+        # Assemble an output frame around its payload so the payload is copied once;
+        # the bytes are those msgpack would write (the golden vectors check it).
+        payload = msg.data
+        n = len(payload)
+        key = (msg.op, msg.stream)
+        if key != self._output_key:
+            self._output_key = key
+            self._output_head = _output_head(msg)
+        if n < 256:
+            bin_header = bytes((0xC4, n))
+        elif n < 65536:
+            bin_header = _BIN16.pack(0xC5, n)
+        else:
+            bin_header = _BIN32.pack(0xC6, n)
+        size = len(self._output_head) + len(bin_header) + n
+        if size > self.peer_max_frame:
             self._check_size(msg, size)
-            return b"".join((HEADER.pack(size), prefix, msg.data))
-        body = pack_body(msg.to_wire())
-        self._check_size(msg, len(body))
+        return b"".join((HEADER.pack(size), self._output_head, bin_header, payload))
+
+    def _encode_wire(self, msg: Message, wire: dict[str, Any]) -> bytes:
+        try:
+            body: bytes = self._pack(wire)
+        except (TypeError, ValueError, OverflowError) as exc:
+            raise LocalProtocolError(f"cannot encode {msg.KIND!r} as msgpack: {exc}") from exc
+        if len(body) > self.peer_max_frame:
+            self._check_size(msg, len(body))
         return HEADER.pack(len(body)) + body
 
     def _check_size(self, msg: Message, size: int) -> None:
@@ -218,6 +270,8 @@ class Connection:
         return msg
 
     def _closed(self) -> ConnectionClosed:
+        if self._closed_event is not None:
+            return self._closed_event  # asked again: the same answer, still clean or not
         buffered = self._decoder.buffered
         if buffered:
             raise RemoteProtocolError(
@@ -228,7 +282,8 @@ class Connection:
         was = self.state
         clean = was in (S.IDLE, S.CLOSING) and self.current_op is None
         self.state = S.CLOSED
-        return ConnectionClosed(was, clean)
+        self._closed_event = ConnectionClosed(was, clean)
+        return self._closed_event
 
     # -- the state machines ---------------------------------------------------------------
 
@@ -237,7 +292,35 @@ class Connection:
 
         Nothing is changed unless the whole step is legal.
         """
-        key = error_key(msg)
+        key = msg.KIND
+        if key == "error":
+            key = error_key(msg)
+        elif (
+            key == "output"
+            and sender == RUNNER
+            and msg.op == self.current_op  # type: ignore[attr-defined]
+            and (self.op_state == S.RUNNING or self.op_state == S.AWAITING_INPUT)
+        ):
+            # The hot path of streaming output: an op in flight means the state is BUSY or
+            # CLOSING, where the tables say (op state, runner, output) -> same op state.
+            return
+        elif key == "done" and sender == RUNNER and msg.op == self.current_op:  # type: ignore[attr-defined]
+            # Hot path: the op in flight (so BUSY or CLOSING) ends from any op state.
+            self.current_op = self.op_state = None
+            if self.state == S.BUSY:
+                self.state = S.IDLE
+            return
+        elif (
+            (key == "exec" or key == "eval")
+            and sender == CLIENT
+            and self.state == S.IDLE
+            and msg.op > self.last_op  # type: ignore[attr-defined]
+        ):
+            # Hot path: (IDLE, client, exec|eval) opens an op, as in the tables.
+            self.state = S.BUSY
+            self.current_op = self.last_op = msg.op  # type: ignore[attr-defined]
+            self.op_state = S.STARTED
+            return
         entry = S.CONNECTION_TRANSITIONS.get((self.state, sender, key))
         if entry is None:
             raise ProtocolError(
@@ -264,35 +347,60 @@ class Connection:
             new_current, new_op_state = op, S.STARTED
         elif action is S.OP_STEP:
             op = msg.op  # type: ignore[attr-defined]
+            op_state = self.op_state
+            adopted = False
             if op != self.current_op:
                 if key == S.ERROR_REJECT and op in self.rejecting:
                     self.rejecting.discard(op)
                     return
-                if sender == CLIENT and msg.KIND in S.STALE_OK and op <= self.last_op:
+                if (
+                    op in self.rejecting
+                    and self.current_op is None
+                    and sender == RUNNER
+                    and sender == self.their_role
+                ):
+                    # The client sent this op while it saw another running, but the runner
+                    # had already finished that one when the request arrived, and accepted
+                    # it (see _state's theory of operation). Only the client can be unsure.
+                    adopted = True
+                    op_state = S.STARTED
+                    if next_state == S.IDLE:
+                        next_state = S.BUSY
+                elif sender == CLIENT and msg.KIND in S.STALE_OK and op <= self.last_op:
                     return  # crossed with the op's completion: harmless
-                raise ProtocolError(
-                    f"{msg.KIND!r} names op {op}, but the op in flight is "
-                    f"{self.current_op} (connection state {self.state}, last op {self.last_op})",
-                    error_code="unknown-op",
-                )
-            assert self.op_state is not None
-            step = S.OP_TRANSITIONS.get((self.op_state, sender, key))
+                else:
+                    raise ProtocolError(
+                        f"{sender} sent {msg.KIND!r} naming op {op}, but the op in flight is "
+                        f"{self.current_op} (connection state {self.state}, last op "
+                        f"{self.last_op})",
+                        error_code="unknown-op",
+                    )
+            assert op_state is not None
+            step = S.OP_TRANSITIONS.get((op_state, sender, key))
             if step is None:
                 raise ProtocolError(
-                    f"{sender} may not send {key!r} while op {op} is {self.op_state}",
+                    f"{sender} may not send {key!r} while op {op} is {op_state} "
+                    f"(connection state {self.state})",
                     error_code="unexpected-message",
                 )
             new_op_state = step
+            if adopted:
+                self.rejecting.discard(op)
+                new_current = op
             if step == S.DONE:
                 new_current, new_op_state = None, None
                 if next_state == S.BUSY:
                     next_state = S.IDLE
-        elif type(msg) is Hello:
-            self._check_version(msg.version, "hello")
+        elif type(msg) is Hello or type(msg) is Welcome:
+            self._check_version(msg.version, msg.KIND)
             self._check_peer_limit(msg.max_frame, sender)
-        elif type(msg) is Welcome:
-            self._check_version(msg.version, "welcome")
-            self._check_peer_limit(msg.max_frame, sender)
+            if sender == self.our_role and msg.max_frame != self.max_frame:
+                raise ProtocolError(
+                    f"the {msg.KIND!r} announces max_frame={msg.max_frame}, but this "
+                    f"connection accepts frames up to {self.max_frame} bytes; announce the "
+                    "limit given to Connection(max_frame=...)",
+                    error_code="bad-message",
+                )
         # The step is legal: commit it.
         if action is S.OPENS_OP:
             self.last_op = new_current  # type: ignore[assignment]
@@ -321,13 +429,17 @@ class Connection:
 
     def _handshake_step(self, msg: Hello | Welcome, sender: str) -> None:
         if sender == self.their_role:
-            self.peer_max_frame = msg.max_frame
             if type(msg) is Hello:
                 self.peer_hello = msg
             else:
                 self.peer_welcome = msg  # type: ignore[assignment]
         if self.state == S.IDLE:
-            # Handshake complete: our own announced limit now applies to what we accept.
+            # Handshake complete: both announced limits are now in force. Not before: the
+            # client accepts only HANDSHAKE_MAX_FRAME until it has the welcome, so the
+            # runner must not size its welcome by the hello's max_frame.
+            peer = self.peer_hello if self.our_role == RUNNER else self.peer_welcome
+            assert peer is not None
+            self.peer_max_frame = peer.max_frame
             self._decoder.max_frame = self.max_frame
 
 
@@ -335,15 +447,8 @@ _BIN16 = struct.Struct(">BH")
 _BIN32 = struct.Struct(">BI")
 
 
-def _output_prefix(msg: Output) -> bytes:
-    """The msgpack bytes of an output map up to (not including) its payload."""
-    n = len(msg.data)
-    if n < 256:
-        bin_header = bytes((0xC4, n))
-    elif n < 65536:
-        bin_header = _BIN16.pack(0xC5, n)
-    else:
-        bin_header = _BIN32.pack(0xC6, n)
-    head = msgpack.packb({"kind": "output", "op": msg.op, "stream": msg.stream}, use_bin_type=True)
+def _output_head(msg: Output) -> bytes:
+    """The msgpack bytes of an output map up to its payload's bin header."""
+    head: bytes = msgpack.packb({"kind": "output", "op": msg.op, "stream": msg.stream})
     # A fixmap header is 0x80 | count: the map gains one entry, the payload.
-    return bytes((head[0] + 1,)) + head[1:] + b"\xa4data" + bin_header
+    return bytes((head[0] + 1,)) + head[1:] + b"\xa4data"

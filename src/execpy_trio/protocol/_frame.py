@@ -31,6 +31,9 @@ MIN_MAX_FRAME = 64 * 1024
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 #: The wire format cannot express more.
 ABSOLUTE_MAX_FRAME = 0xFFFFFFFF
+# Bodies up to this size are sliced out of a received chunk (a copy) rather than viewed:
+# creating a memoryview costs more than copying a few hundred bytes.
+_COPY_BELOW = 2048
 
 
 def _refuse_ext(code: int, data: bytes) -> Any:
@@ -47,15 +50,22 @@ def pack_body(value: Any) -> bytes:
 
 def unpack_body(body: bytes | bytearray | memoryview) -> Any:
     """Decode exactly one msgpack value, or raise RemoteProtocolError."""
+    # msgpack >= 1.0 defaults: raw=False (str is str), use_list=True, strict_map_key=True
+    # (map keys are str or bytes); passing them again costs time on every frame.
     try:
-        return msgpack.unpackb(
-            body, raw=False, use_list=True, strict_map_key=True, ext_hook=_refuse_ext
-        )
+        return _unpackb(body, ext_hook=_refuse_ext)
     except Exception as exc:  # msgpack raises many unrelated types; all mean "bad frame"
-        raise RemoteProtocolError(
-            f"frame body is not one valid msgpack value: {type(exc).__name__}: {exc}",
-            error_code="bad-frame",
-        ) from exc
+        raise _bad_frame(exc) from exc
+
+
+def _bad_frame(exc: Exception) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"frame body is not one valid msgpack value: {type(exc).__name__}: {exc}",
+        error_code="bad-frame",
+    )
+
+
+_unpackb = msgpack.unpackb
 
 
 def frame(body: bytes) -> bytes:
@@ -79,7 +89,7 @@ class FrameDecoder:
         self._buf = bytearray()
         self._pos = 0
         # An immutable chunk fed while nothing was buffered is decoded in place (no copy).
-        self._chunk: memoryview | None = None
+        self._chunk: bytes | None = None
         self._chunk_pos = 0
         self.max_frame = max_frame
 
@@ -95,13 +105,12 @@ class FrameDecoder:
         if not data:
             return
         if self._chunk is not None:
-            self._buf += self._chunk[self._chunk_pos :]
-            self._chunk.release()
-            self._chunk = None
+            self._spill()
         if self._pos == len(self._buf) and type(data) is bytes:
-            self._buf.clear()
-            self._pos = 0
-            self._chunk = memoryview(data)
+            if self._pos:
+                self._buf.clear()
+                self._pos = 0
+            self._chunk = data
             self._chunk_pos = 0
             return
         self._buf += data
@@ -112,28 +121,38 @@ class FrameDecoder:
         Raises RemoteProtocolError for an oversized announced length (before buffering the
         body) or a body that is not exactly one valid msgpack value.
         """
-        if self._chunk is not None:
-            view = self._chunk
+        chunk = self._chunk
+        if chunk is not None:
             pos = self._chunk_pos
-            end = len(view)
+            end = len(chunk)
             if end - pos < HEADER_SIZE:
                 return self._spill()
-            (length,) = HEADER.unpack_from(view, pos)
-            self._check_length(length)
+            (length,) = HEADER.unpack_from(chunk, pos)
+            if length > self.max_frame:
+                self._check_length(length)
             stop = pos + HEADER_SIZE + length
             if stop > end:
                 return self._spill()
             self._chunk_pos = stop
             if stop == end:
                 self._chunk = None
-            return unpack_body(view[pos + HEADER_SIZE : stop])
+            # A small body is cheaper to copy out than to view; a large one is viewed.
+            if length <= _COPY_BELOW:
+                body: bytes | memoryview = chunk[pos + HEADER_SIZE : stop]
+            else:
+                body = memoryview(chunk)[pos + HEADER_SIZE : stop]
+            try:  # unpack_body, inline: this is the hot path
+                return _unpackb(body, ext_hook=_refuse_ext)
+            except Exception as exc:
+                raise _bad_frame(exc) from exc
         buf = self._buf
         pos = self._pos
         end = len(buf)
         if end - pos < HEADER_SIZE:
             return NEED_DATA
         (length,) = HEADER.unpack_from(buf, pos)
-        self._check_length(length)
+        if length > self.max_frame:
+            self._check_length(length)
         stop = pos + HEADER_SIZE + length
         if stop > end:
             return NEED_DATA
@@ -156,8 +175,8 @@ class FrameDecoder:
     def _spill(self) -> Any:
         # A partial frame is left in the borrowed chunk: copy just that tail and wait.
         assert self._chunk is not None
-        self._buf += self._chunk[self._chunk_pos :]
-        self._chunk.release()
+        with memoryview(self._chunk) as view:
+            self._buf += view[self._chunk_pos :]
         self._chunk = None
         return NEED_DATA
 

@@ -10,7 +10,9 @@ the receiver can answer it with an ``unknown-kind`` error instead of failing.
 
 from __future__ import annotations
 
-from ._errors import RemoteProtocolError
+from msgpack import Timestamp as _Timestamp
+
+from ._errors import LocalProtocolError, RemoteProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -35,6 +37,7 @@ STATUSES = (STATUS_OK, STATUS_ERROR, STATUS_CANCELLED)
 MAX_ID = 2**63 - 1
 
 _set = object.__setattr__
+_new = object.__new__
 
 
 def _is_int(v: object) -> bool:
@@ -65,8 +68,31 @@ def _is_data(v: object) -> bool:
     return type(v) is bytes and len(v) > 0
 
 
+def _holds_ext(value: object) -> bool:
+    """Whether a decoded value holds a msgpack extension anywhere.
+
+    The frame decoder refuses extension types through msgpack's ext hook, but msgpack
+    decodes the timestamp extension (type -1) itself, so one can only be found afterwards.
+    Iterative: decoded values nest deeper than Python's recursion limit.
+    """
+    stack = [value]
+    while stack:
+        v = stack.pop()
+        t = type(v)
+        if t is dict:
+            stack.extend(v.values())  # type: ignore[attr-defined]
+        elif t is list:
+            stack.extend(v)  # type: ignore[arg-type]
+        elif t is _Timestamp:
+            return True
+    return False
+
+
 def _is_any(v: object) -> bool:
-    return True
+    t = type(v)
+    if t is dict or t is list:
+        return not _holds_ext(v)
+    return t is not _Timestamp
 
 
 def _is_opt_id(v: object) -> bool:
@@ -86,7 +112,7 @@ def _is_str_list(v: object) -> bool:
 
 
 def _is_opt_str_map(v: object) -> bool:
-    return v is None or (type(v) is dict and all(type(k) is str for k in v))
+    return v is None or (type(v) is dict and all(type(k) is str for k in v) and not _holds_ext(v))
 
 
 def _is_stream(v: object) -> bool:
@@ -103,6 +129,7 @@ def _is_opt_error_info(v: object) -> bool:
         and type(v.get("type")) is str
         and type(v.get("message")) is str
         and type(v.get("traceback")) is str
+        and not _holds_ext(v)
     )
 
 
@@ -121,6 +148,9 @@ class Message:
     FIELDS: ClassVar[tuple[tuple[str, Callable[[object], bool], object], ...]] = ()
     #: The field naming the op, for op-scoped messages.
     OP_SCOPED: ClassVar[bool] = False
+    #: True when ``__init__`` stores its arguments as given, so that :meth:`from_wire` may
+    #: fill the slots itself (faster); set below for the classes where it holds.
+    _PLAIN_INIT: ClassVar[bool] = False
 
     def __setattr__(self, name: str, value: object) -> None:
         raise AttributeError(f"{type(self).__name__} is frozen; build a new message instead")
@@ -156,27 +186,124 @@ class Message:
     @classmethod
     def from_wire(cls, d: dict[str, Any]) -> Message:
         """Build from a decoded map, or raise RemoteProtocolError naming the bad field."""
-        kwargs = {}
-        for name, check, default in cls.FIELDS:
-            if name in d:
-                value = d[name]
-                if not check(value):
-                    raise RemoteProtocolError(
-                        f"{cls.KIND!r} message has an invalid {name!r} field: {value!r:.200} "
-                        f"({type(value).__name__}); see spec/protocol.md section 4",
-                        error_code="bad-message",
-                    )
-                kwargs[name] = value
-            elif default is _REQUIRED:
-                raise RemoteProtocolError(
-                    f"{cls.KIND!r} message lacks the required field {name!r}",
-                    error_code="bad-message",
-                )
-        msg = cls(**kwargs)
+        present = 1  # "kind"
+        if cls._PLAIN_INIT:
+            # The hot path: the same checks as below, storing straight into the slots.
+            msg = _new(cls)
+            for name, check, default in cls.FIELDS:
+                value = d.get(name, _REQUIRED)
+                if value is _REQUIRED:
+                    if default is _REQUIRED:
+                        raise _missing_field(cls.KIND, name)
+                    value = default
+                else:
+                    if not check(value):
+                        raise _invalid_field(cls.KIND, name, value)
+                    present += 1
+                _set(msg, name, value)
+        else:
+            # Positional arguments: every __init__ takes its FIELDS in order.
+            msg = cls(*cls._checked_args(d))
+            present = 1 + sum(1 for name, _c, _d in cls.FIELDS if name in d)
+        if present != len(d) and _holds_ext(d):
+            # Unknown fields are ignored, but an extension type is refused anywhere.
+            raise _ext_error(f"a {cls.KIND!r} message")
         problem = msg.problem()
         if problem is not None:
             raise RemoteProtocolError(problem, error_code="bad-message")
         return msg
+
+    @classmethod
+    def _checked_args(cls, d: dict[str, Any]) -> list[Any]:
+        args = []
+        for name, check, default in cls.FIELDS:
+            value = d.get(name, _REQUIRED)
+            if value is _REQUIRED:
+                if default is _REQUIRED:
+                    raise _missing_field(cls.KIND, name)
+                value = default
+            elif not check(value):
+                raise _invalid_field(cls.KIND, name, value)
+            args.append(value)
+        return args
+
+
+def _describe(value: object) -> str:
+    """A short description of a decoded value for an error message.
+
+    Containers are not repr()'d: a value nested 1000 deep would raise RecursionError.
+    """
+    if type(value) is dict:
+        return f"a map of {len(value)} entries"
+    if type(value) is list:
+        return f"an array of {len(value)} items"
+    return f"{value!r:.200}"
+
+
+def _ext_error(where: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"{where} holds a msgpack extension type (such as a timestamp); extension types "
+        "are not allowed in this protocol (spec/protocol.md section 3.2)",
+        error_code="bad-frame",
+    )
+
+
+def _missing_field(kind: str, name: str) -> RemoteProtocolError:
+    return RemoteProtocolError(
+        f"{kind!r} message lacks the required field {name!r}", error_code="bad-message"
+    )
+
+
+def _invalid_field(kind: str, name: str, value: object) -> RemoteProtocolError:
+    if _holds_ext(value):
+        return _ext_error(f"the {name!r} field of a {kind!r} message")
+    return RemoteProtocolError(
+        f"{kind!r} message has an invalid {name!r} field: {_describe(value)} "
+        f"({type(value).__name__}); see spec/protocol.md section 4",
+        error_code="bad-message",
+    )
+
+
+def invalid_reason(msg: Message) -> str | None:
+    """Why ``msg`` may not be sent (a field outside its type or values), or None.
+
+    The sender checks what the receiver will check, so that a local mistake is a
+    LocalProtocolError here rather than a fatal error from the peer.
+    """
+    for name, check, _default in msg.FIELDS:
+        value = getattr(msg, name)
+        if not check(value):
+            return (
+                f"cannot send {msg.KIND!r}: its {name!r} field is invalid: {_describe(value)} "
+                f"({type(value).__name__}); see spec/protocol.md section 4"
+            )
+    return msg.problem()
+
+
+def checked_wire(msg: Message) -> dict[str, Any]:
+    """``msg.to_wire()``, after the checks of :func:`invalid_reason`, in one pass.
+
+    Raises LocalProtocolError (``bad-message``). This is the sender's hot path.
+    """
+    cls = type(msg)
+    if cls.to_wire is not Message.to_wire:  # writes its fields its own way; not hot
+        reason = invalid_reason(msg)
+        if reason is not None:
+            raise LocalProtocolError(reason, error_code="bad-message")
+        return msg.to_wire()
+    d: dict[str, Any] = {"kind": cls.KIND}
+    for name, check, default in cls.FIELDS:
+        value = getattr(msg, name)
+        if value is default:
+            continue  # a default is valid, and is left out
+        if not check(value):
+            raise LocalProtocolError(str(invalid_reason(msg)), error_code="bad-message")
+        if default is _REQUIRED or value != default:
+            d[name] = value
+    problem = msg.problem()
+    if problem is not None:
+        raise LocalProtocolError(problem, error_code="bad-message")
+    return d
 
 
 def _freeze(v: object) -> object:
@@ -429,6 +556,28 @@ class Output(Message):
         _set(self, "stream", stream)
         _set(self, "data", data)
 
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Message:
+        # The hot path of a client receiving output: the generic checks, inline. Anything
+        # unusual (an extra field, a bad value) takes the generic path and its errors.
+        if len(d) == 4:
+            op = d.get("op")
+            stream = d.get("stream")
+            data = d.get("data")
+            if (
+                type(op) is int
+                and 0 < op <= MAX_ID
+                and (stream == STDOUT or stream == STDERR)
+                and type(data) is bytes
+                and data
+            ):
+                msg = _new(cls)
+                _set(msg, "op", op)
+                _set(msg, "stream", stream)
+                _set(msg, "data", data)
+                return msg
+        return super().from_wire(d)
+
 
 class InputRequest(Message):
     """The op's code is waiting for one line of input."""
@@ -557,21 +706,34 @@ MESSAGE_TYPES: tuple[type[Message], ...] = (
 )
 BY_KIND: dict[str, type[Message]] = {cls.KIND: cls for cls in MESSAGE_TYPES}
 
+# Their __init__ stores each argument as given (Hello and Welcome convert lists to tuples).
+_PLAIN = (Exec, Eval, InputReply, Cancel, Ping, Shutdown, Output, InputRequest, Done, Pong, Error)
+for _cls in _PLAIN:
+    _cls._PLAIN_INIT = True
+del _cls, _PLAIN
+
 
 def message_from_wire(value: Any) -> Message:
     """Turn one decoded msgpack value into a message, or raise RemoteProtocolError."""
     if type(value) is not dict:
+        if _holds_ext(value):
+            raise _ext_error("the frame body")
         raise RemoteProtocolError(
             f"a frame must hold a msgpack map, got {type(value).__name__}",
             error_code="bad-message",
         )
     kind = value.get("kind")
     if type(kind) is not str:
+        if _holds_ext(kind):
+            raise _ext_error("the 'kind' field")
         raise RemoteProtocolError(
-            f"a message needs a string 'kind' field, got {kind!r:.100}", error_code="bad-message"
+            f"a message needs a string 'kind' field, got {_describe(kind):.100}",
+            error_code="bad-message",
         )
     cls = BY_KIND.get(kind)
     if cls is None:
+        if _holds_ext(value):
+            raise _ext_error(f"a message of unknown kind {kind!r:.100}")
         fields = {k: v for k, v in value.items() if k != "kind"}
         return UnknownMessage(kind, fields)
     return cls.from_wire(value)

@@ -1,0 +1,468 @@
+"""The transport: one protocol connection over any ``trio.abc.Stream``.
+
+Theory of operation
+-------------------
+A :class:`Transport` owns a byte stream and a sans-IO :class:`~execpy_trio.protocol.Connection`
+in the client role. It has exactly one **reader task** (:meth:`Transport.run_reader`, started
+by its owner in a nursery) that decodes frames and routes each message:
+
+* op-scoped messages (``output``, ``input_request``, ``done``, an ``error`` naming an op) go
+  to that op's bounded memory channel, registered with :meth:`Transport.open_op` *before*
+  the request is sent (so no answer can arrive for an op nobody listens to);
+* ``pong`` wakes the :meth:`Transport.ping` waiting for that token;
+* an ``error`` without an op is logged; a fatal one breaks the transport;
+* an unknown kind is answered with a non-fatal ``unknown-kind`` error, then ignored.
+
+Writes go through one FIFO lock, and the sans-IO ``send`` happens under it, so the order of
+the connection's state changes is the order of the bytes on the wire. A frame is written
+whole or the transport is broken: the write is shielded from cancellation (a half-written
+frame would corrupt the stream), and bounded by ``send_timeout`` instead, after which the
+transport is broken. So cancelling a caller delays it by at most that long, and in practice
+not at all, since the runner always reads.
+
+States: ``OPEN``; ``BROKEN`` (the peer ended the stream, sent something invalid, or the
+stream failed: :meth:`Transport.send` raises :class:`TransportBroken`, whose ``cause`` says
+why); ``CLOSED`` (this side called :meth:`Transport.aclose`: :class:`trio.ClosedResourceError`,
+as for any Trio resource we closed ourselves). Both are permanent. When the reader stops,
+every op channel is closed, so every consumer wakes up (``EndOfChannel``) and can ask
+:attr:`Transport.failure` why.
+
+Backpressure
+------------
+Each op channel holds at most ``op_buffer`` messages. When a consumer stops reading, the
+reader blocks on that channel, stops reading the stream, the OS buffers fill, and the
+runner's writer blocks: memory stays bounded however much the code prints. The price is
+that nothing else from the runner (a ``pong``, the ``done``) gets through either. That is
+why a side that cancels an op must keep **draining the op's channel** while it waits for
+the cancelled completion: draining unblocks the reader, the runner's remaining output
+flows (and is dropped), and the ``done`` arrives behind it. Writing the ``cancel`` never
+depends on the reader, so a full channel cannot stop the cancel from being sent.
+
+Frame log: with the ``execpy_trio.frames`` logger at DEBUG, every message sent and
+received is logged (off by default; checking the level costs one call per message).
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from typing import TYPE_CHECKING, Final
+
+import attrs
+import trio
+
+from .protocol import DEFAULT_MAX_FRAME as DEFAULT_MAX_FRAME
+from .protocol import (
+    NEED_DATA,
+    Connection,
+    ConnectionClosed,
+    Done,
+    Error,
+    ExecpyError,
+    Hello,
+    Message,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    UnknownMessage,
+    Welcome,
+)
+
+if TYPE_CHECKING:
+    from trio.abc import Stream
+
+__all__ = ["BROKEN", "CLOSED", "OPEN", "Transport", "TransportBroken", "TransportStatistics"]
+
+frames_log: Final = logging.getLogger("execpy_trio.frames")
+log: Final = logging.getLogger("execpy_trio.transport")
+
+OPEN: Final = "OPEN"
+BROKEN: Final = "BROKEN"
+CLOSED: Final = "CLOSED"
+
+#: Bytes asked for per read. Large reads matter for output throughput.
+RECEIVE_SIZE: Final = 64 * 1024
+
+
+class TransportBroken(ExecpyError):
+    """The connection to the runner is broken. ``cause`` is the underlying failure:
+    a :class:`~execpy_trio.RemoteProtocolError`, :class:`PeerClosed`, or a stream error."""
+
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        super().__init__(message)
+        self.cause = cause
+
+
+class PeerClosed(ExecpyError):
+    """The runner ended its byte stream. ``clean`` is True when the protocol allowed it
+    (no op running, or after a shutdown)."""
+
+    def __init__(self, state: str, clean: bool) -> None:
+        self.state = state
+        self.clean = clean
+        super().__init__(
+            f"the runner closed the connection in protocol state {state} "
+            f"({'cleanly' if clean else 'with an operation still open'})"
+        )
+
+
+@attrs.frozen
+class TransportStatistics:
+    """Counters of one transport (a snapshot)."""
+
+    state: str
+    frames_sent: int
+    frames_received: int
+    bytes_sent: int
+    bytes_received: int
+    ops_open: int
+
+
+class Transport:
+    """One client-side protocol connection over ``stream``. See the module docstring."""
+
+    def __init__(
+        self,
+        stream: Stream,
+        *,
+        max_frame: int = DEFAULT_MAX_FRAME,
+        op_buffer: int = 16,
+        send_timeout: float = 10.0,
+    ) -> None:
+        if op_buffer < 1:
+            raise ValueError(f"op_buffer must be at least 1, not {op_buffer}")
+        self._stream = stream
+        self.conn = Connection("client", max_frame=max_frame, trace=_trace)
+        self._write_lock = trio.StrictFIFOLock()
+        self._op_buffer = op_buffer
+        self.send_timeout = send_timeout
+        self.state: str = OPEN
+        #: Why the transport is BROKEN (None while OPEN or when we closed it).
+        self.failure: BaseException | None = None
+        self._ops: dict[int, trio.MemorySendChannel[Message]] = {}
+        self._pings: dict[int, trio.Event] = {}
+        self._tokens = itertools.count(1)
+        #: Set when the reader task has finished (for any reason).
+        self.reader_done = trio.Event()
+        self._frames_sent = 0
+        self._frames_received = 0
+        self._bytes_sent = 0
+        self._bytes_received = 0
+
+    # -- state ----------------------------------------------------------------------------
+
+    def statistics(self) -> TransportStatistics:
+        return TransportStatistics(
+            state=self.state,
+            frames_sent=self._frames_sent,
+            frames_received=self._frames_received,
+            bytes_sent=self._bytes_sent,
+            bytes_received=self._bytes_received,
+            ops_open=len(self._ops),
+        )
+
+    @property
+    def welcome(self) -> Welcome | None:
+        return self.conn.peer_welcome
+
+    def _unusable(self, doing: str) -> BaseException:
+        if self.state == CLOSED:
+            return trio.ClosedResourceError(
+                f"cannot {doing}: this side closed the connection to the runner"
+            )
+        return TransportBroken(
+            f"cannot {doing}: the connection to the runner is broken ({self.failure})",
+            self.failure,
+        )
+
+    def _break(self, failure: BaseException) -> None:
+        """Move to BROKEN (unless already done or CLOSED) and wake every waiter."""
+        if self.state == OPEN:
+            self.state = BROKEN
+            self.failure = failure
+        self._wake_all()
+
+    def _wake_all(self) -> None:
+        for channel in self._ops.values():
+            channel.close()
+        self._ops.clear()
+        for event in self._pings.values():
+            event.set()
+        self._pings.clear()
+
+    # -- writing --------------------------------------------------------------------------
+
+    async def send(self, msg: Message) -> None:
+        """Write one message.
+
+        Raises LocalProtocolError if the message is illegal now (nothing is sent),
+        TransportBroken or trio.ClosedResourceError if the transport is not OPEN.
+
+        Cancellation: may be cancelled while waiting for the write lock (then nothing was
+        sent). Once writing starts the frame is written whole, shielded, within
+        ``send_timeout`` seconds; if that expires the transport is BROKEN.
+        """
+        if self.state != OPEN:
+            raise self._unusable(f"send {msg.KIND!r}")
+        lock = self._write_lock
+        try:
+            # Uncontended (the usual case): skip the scheduling round of acquire(); the
+            # write below yields anyway. A caller already cancelled then still sends
+            # and sees Cancelled at its next checkpoint, which callers handle.
+            lock.acquire_nowait()
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
+            if self.state != OPEN:
+                raise self._unusable(f"send {msg.KIND!r}")
+            data = self.conn.send(msg)  # LocalProtocolError: nothing sent, state unchanged
+            await self._write(data, msg.KIND)
+        finally:
+            lock.release()
+
+    async def _write(self, data: bytes, kind: str) -> None:
+        # A frame must go out whole: a cancel halfway would leave the peer mid-frame. One
+        # scope both shields and bounds the write (two nested scopes cost measurably more).
+        with trio.CancelScope(
+            shield=True, deadline=trio.current_time() + self.send_timeout
+        ) as timeout:
+            try:
+                await self._stream.send_all(data)
+            except trio.ClosedResourceError:
+                raise self._unusable(f"send {kind!r}") from None
+            except (trio.BrokenResourceError, OSError) as exc:
+                self._break(exc)
+                raise TransportBroken(
+                    f"cannot send {kind!r}: the connection to the runner broke ({exc!r}); "
+                    "the runner has probably exited",
+                    exc,
+                ) from exc
+        if timeout.cancelled_caught:
+            failure = TimeoutError(
+                f"writing a {kind!r} frame of {len(data)} bytes took over "
+                f"{self.send_timeout} s: the runner is not reading"
+            )
+            self._break(failure)
+            raise TransportBroken(f"{failure}; the connection is now unusable", failure)
+        self._frames_sent += 1
+        self._bytes_sent += len(data)
+
+    async def _send_fatal(self, exc: RemoteProtocolError) -> None:
+        # Best effort: tell the runner why we are hanging up, once, without waiting long.
+        try:
+            data = self.conn.send(Error(exc.error_code, str(exc)[:4000], fatal=True))
+        except Exception:  # already sent one, or cannot encode: nothing more to say
+            return
+        with trio.move_on_after(1.0):
+            async with self._write_lock:
+                try:
+                    await self._stream.send_all(data)
+                except (trio.BrokenResourceError, trio.ClosedResourceError, OSError):
+                    pass
+
+    # -- handshake ------------------------------------------------------------------------
+
+    async def handshake(self, hello: Hello) -> Welcome:
+        """Send ``hello`` and read until the runner's ``welcome``; run before the reader.
+
+        Raises RemoteProtocolError (garbage, a fatal error from the runner, a version
+        mismatch) or TransportBroken (the stream ended or failed). No timeout of its own:
+        the caller bounds it. Cancellation leaves the transport unusable (close it).
+        """
+        await self.send(hello)
+        while True:
+            try:
+                event = self.conn.next_event()
+            except RemoteProtocolError as exc:
+                await self._send_fatal(exc)
+                self._break(exc)
+                raise
+            if type(event) is Welcome:
+                self._frames_received += 1
+                return event
+            if isinstance(event, ConnectionClosed):
+                failure = PeerClosed(event.state, clean=False)
+                self._break(failure)
+                raise TransportBroken(
+                    "the runner closed the connection before sending its welcome", failure
+                )
+            if type(event) is Error:
+                # Only a fatal error can come before the welcome (the state machine says so).
+                refused = RemoteProtocolError(
+                    f"the runner refused the handshake ({event.code}): {event.message}",
+                    error_code=event.code,
+                )
+                self._break(refused)
+                raise refused
+            if event is not NEED_DATA:  # pragma: no cover - the state machine forbids it
+                raise RemoteProtocolError(f"unexpected {event!r} during the handshake")
+            await self._receive_into_conn()
+
+    async def _receive_into_conn(self) -> None:
+        try:
+            data = await self._stream.receive_some(RECEIVE_SIZE)
+        except trio.ClosedResourceError:
+            raise self._unusable("receive") from None
+        except (trio.BrokenResourceError, OSError) as exc:
+            self._break(exc)
+            raise TransportBroken(f"the connection to the runner broke ({exc!r})", exc) from exc
+        self._bytes_received += len(data)
+        self.conn.receive_data(data)
+
+    # -- reading --------------------------------------------------------------------------
+
+    async def run_reader(self) -> None:
+        """The reader task: decode and route until the stream ends, fails, or is closed.
+
+        Never raises (except Cancelled): every failure is recorded in :attr:`failure` and
+        wakes the waiters. Run it in a nursery owned by whoever owns the transport.
+        """
+        try:
+            await self._read_loop()
+        except RemoteProtocolError as exc:
+            log.debug("protocol error from the runner: %s", exc)
+            if self.state == OPEN:
+                self.state = BROKEN
+                self.failure = exc
+            if not isinstance(exc, _FatalFromPeer):
+                # Before waking anyone: a woken owner may close the stream right away.
+                with trio.CancelScope(shield=True):
+                    await self._send_fatal(exc)
+            self._break(exc)
+        except TransportBroken:
+            pass  # already recorded by _break
+        except trio.ClosedResourceError:
+            pass  # we closed it: state is CLOSED
+        finally:
+            self._wake_all()
+            self.reader_done.set()
+
+    async def _read_loop(self) -> None:
+        conn = self.conn
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                await self._receive_into_conn()
+                continue
+            if isinstance(event, ConnectionClosed):
+                self._break(PeerClosed(event.state, event.clean))
+                return
+            self._frames_received += 1
+            await self._route(event)
+
+    async def _route(self, msg: Message) -> None:
+        op = getattr(msg, "op", None)
+        if op is not None:
+            channel = self._ops.get(op)
+            ends_op = type(msg) is Done or type(msg) is Error
+            if channel is not None:
+                try:
+                    # Blocks while the op's consumer is behind: this is the backpressure.
+                    await channel.send(msg)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    pass  # the consumer went away; the message is of no use to anyone
+                if ends_op:
+                    channel.close()
+                    self._ops.pop(op, None)
+            return
+        kind = type(msg)
+        if kind is Pong:
+            event = self._pings.pop(msg.token, None)  # type: ignore[attr-defined]
+            if event is not None:
+                event.set()
+        elif kind is Error:
+            assert isinstance(msg, Error)
+            if msg.fatal:
+                raise _FatalFromPeer(msg)
+            log.warning("the runner reported an ignored message (%s): %s", msg.code, msg.message)
+        elif kind is UnknownMessage:
+            assert isinstance(msg, UnknownMessage)
+            log.debug("answering unknown message kind %r", msg.kind)
+            with trio.move_on_after(1.0):
+                await self.send(
+                    Error("unknown-kind", f"this client does not know message kind {msg.kind!r}")
+                )
+
+    # -- ops and pings --------------------------------------------------------------------
+
+    def open_op(self, op: int) -> trio.MemoryReceiveChannel[Message]:
+        """Register op ``op`` and return the channel its messages will arrive on.
+
+        The channel ends (EndOfChannel) after the op's ``done`` or rejection, or when the
+        transport stops; then :attr:`failure` / :attr:`state` say why.
+        """
+        if self.state != OPEN:
+            raise self._unusable(f"start op {op}")
+        send, receive = trio.open_memory_channel[Message](self._op_buffer)
+        self._ops[op] = send
+        return receive
+
+    def close_op(self, op: int) -> None:
+        """Stop routing messages of ``op`` (they are dropped from now on)."""
+        channel = self._ops.pop(op, None)
+        if channel is not None:
+            channel.close()
+
+    async def ping(self) -> float:
+        """Send a ping and wait for its pong; return the round trip time in seconds.
+
+        No timeout of its own (wrap it in ``trio.fail_after``). Cancellation: the pong, if
+        it comes later, is ignored. Raises TransportBroken/ClosedResourceError if the
+        transport stops meanwhile.
+        """
+        token = next(self._tokens)
+        event = trio.Event()
+        self._pings[token] = event
+        try:
+            start = trio.current_time()
+            await self.send(Ping(token))
+            await event.wait()
+            if self.state != OPEN:
+                raise self._unusable("wait for a pong")
+            return trio.current_time() - start
+        finally:
+            self._pings.pop(token, None)
+
+    def drop_ops(self) -> None:
+        """End every op channel now (their consumers see EndOfChannel); later op messages
+        are dropped. Used when the owner is shutting down and nobody will read them."""
+        for channel in self._ops.values():
+            channel.close()
+        self._ops.clear()
+
+    # -- closing --------------------------------------------------------------------------
+
+    async def abort(self, failure: BaseException) -> None:
+        """Break the transport on purpose (``failure`` says why) and close the stream.
+
+        Finishes even when cancelled.
+        """
+        self._break(failure)
+        with trio.CancelScope(shield=True):
+            await self._stream.aclose()
+
+    async def aclose(self) -> None:
+        """Close the stream; the reader stops and every waiter wakes up.
+
+        Idempotent. Finishes even when cancelled (the stream is closed either way).
+        """
+        if self.state == OPEN:
+            self.state = CLOSED
+        self._wake_all()
+        with trio.CancelScope(shield=True):
+            # trio closes streams even when cancelled; shield so a cancelled caller does
+            # not skip the rest of the clean-up that follows this call.
+            await self._stream.aclose()
+
+
+class _FatalFromPeer(RemoteProtocolError):
+    def __init__(self, msg: Error) -> None:
+        super().__init__(
+            f"the runner reported a fatal protocol error ({msg.code}): {msg.message}",
+            error_code=msg.code,
+        )
+
+
+def _trace(direction: str, msg: Message) -> None:
+    if frames_log.isEnabledFor(logging.DEBUG):
+        frames_log.debug("%s %.500r", direction, msg)

@@ -1,0 +1,225 @@
+"""Output capture at the file-descriptor level, streamed as it is written.
+
+At start-up fds 1 and 2 become the write ends of two pipes (fd 0 becomes /dev/null), so
+``print``, ``os.write(1, ...)``, C code and child processes all write to them, each stream
+in the order written. ``sys.stdout`` and ``sys.stderr`` are line-buffered, write-through
+text wrappers on fds 1 and 2: a complete line (or a ``\\r``) reaches the pipe at once.
+
+Two **pump** threads read the pipes in chunks of at most 64 KiB (and under the client's
+``max_frame``) and send each chunk as an ``output`` frame while an op runs. Sending blocks
+while the client does not read, the pump then stops reading, the pipe fills, and the
+writer blocks: memory stays bounded end to end. Bytes written while no op runs wait in
+the pipe and go out with the next op.
+
+At the end of an op the main thread flushes ``sys.stdout``/``sys.stderr`` and then takes
+each pump's lock (so a chunk a pump holds has been sent) and reads the pipes itself until
+they are empty. A child process that keeps the pipe open and keeps writing cannot stall
+this: the drain reads at most what a full pipe holds plus one chunk, and the rest goes
+with the next op. Only then does the ``done`` go out: every byte written before the code
+finished precedes it.
+
+The runner's private copies of the pipes' write ends keep the pipes alive when user code
+closes fd 1 or 2; at the end of the op, fds 0, 1 and 2 that user code closed are put back
+(one that user code pointed elsewhere with ``dup2`` is its choice and is left alone), and
+so are ``sys.stdout``/``sys.stderr`` if user code closed them.
+
+Limit (the GIL): the pumps are Python threads, so they need the GIL to run. Code that
+holds the GIL while it writes more than a full pipe to fd 1 or 2 in one go -- in practice
+only a C extension that writes without releasing the GIL -- blocks forever, because the
+pump cannot empty the pipe. Python code (``print``, ``os.write``) and child processes are
+not affected: a blocked write releases the GIL. The pipes are therefore enlarged with
+``F_SETPIPE_SZ`` to :data:`PIPE_SIZE` (1 MiB) where the system allows it (see
+``/proc/sys/fs/pipe-max-size``); otherwise the default (64 KiB on Linux) applies.
+"""
+
+from __future__ import annotations
+
+import _thread
+import io
+import os
+import select
+import sys
+
+from execpy_trio.protocol import Output
+
+from ._channel import Channel, ChannelLost
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Callable
+
+PIPE_SIZE = 1 << 20
+#: Room for an output frame's header and map around its payload.
+FRAME_OVERHEAD = 64
+MAX_CHUNK = 65536
+
+
+def _grow_pipe(fd: int) -> int:
+    import fcntl
+
+    for size in (PIPE_SIZE, 256 * 1024):
+        try:
+            return fcntl.fcntl(fd, fcntl.F_SETPIPE_SZ, size)
+        except OSError:
+            continue
+    try:
+        return fcntl.fcntl(fd, fcntl.F_GETPIPE_SZ)
+    except OSError:
+        return 65536
+
+
+def _text_stream(fd: int, errors: str) -> io.TextIOWrapper:
+    raw = io.FileIO(fd, "w", closefd=False)
+    return io.TextIOWrapper(
+        io.BufferedWriter(raw),
+        encoding="utf-8",
+        errors=errors,
+        line_buffering=True,
+        write_through=True,
+    )
+
+
+class Capture:
+    """Owns fds 0, 1, 2, the capture pipes and the pump threads."""
+
+    def __init__(self, channel: Channel, on_lost: Callable[[], None]) -> None:
+        self.channel = channel
+        self.on_lost = on_lost
+        self.chunk = MAX_CHUNK - FRAME_OVERHEAD
+        devnull = os.open(os.devnull, os.O_RDWR)
+        out_r, out_w = os.pipe()
+        err_r, err_w = os.pipe()
+        self.pipe_size = min(_grow_pipe(out_w), _grow_pipe(err_w))
+        # dup2 makes 0, 1, 2 inheritable: child processes write into the pipes too.
+        os.dup2(devnull, 0)
+        os.dup2(out_w, 1)
+        os.dup2(err_w, 2)
+        self._keep = {0: devnull, 1: out_w, 2: err_w}
+        os.set_blocking(out_r, False)
+        os.set_blocking(err_r, False)
+        self._streams = {out_r: "stdout", err_r: "stderr"}
+        self._locks = {out_r: _thread.allocate_lock(), err_r: _thread.allocate_lock()}
+        self._lock_list = list(self._locks.values())
+        self._drain_poll = select.poll()
+        self._drain_poll.register(out_r, select.POLLIN)
+        self._drain_poll.register(err_r, select.POLLIN)
+        for fd in (0, 1, 2):
+            self._drain_poll.register(fd, 0)  # reports only POLLNVAL: closed
+        #: The op that output is attributed to; None while idle. Changed under both locks.
+        self.output_op: int | None = None
+        # Closed (held by the main thread) while no op runs: the pumps wait on it.
+        self._gate = _thread.allocate_lock()
+        self._gate.acquire()
+        self.stdout = _text_stream(1, "surrogateescape")
+        self.stderr = _text_stream(2, "backslashreplace")
+        sys.stdout = sys.__stdout__ = self.stdout  # type: ignore[misc]
+        sys.stderr = sys.__stderr__ = self.stderr  # type: ignore[misc]
+        for rfd in self._streams:
+            _thread.start_new_thread(self._pump, (rfd,))
+
+    def set_peer_limit(self, peer_max_frame: int) -> None:
+        self.chunk = min(MAX_CHUNK, peer_max_frame - FRAME_OVERHEAD)
+
+    # -- per op ---------------------------------------------------------------------------
+
+    def begin(self, op: int) -> None:
+        self.output_op = op
+        self._gate.release()
+
+    def finish(self, op: int) -> None:
+        """Send everything written so far (bounded; see the module docstring)."""
+        out, err = sys.stdout, sys.stderr
+        for stream in (out, err) if out is self.stdout else (out, err, self.stdout):
+            try:
+                stream.flush()
+            except Exception:
+                pass  # closed or replaced by user code: nothing of ours to flush
+        if err is not self.stderr:
+            try:
+                self.stderr.flush()
+            except Exception:
+                pass
+        locks = self._lock_list
+        for lock in locks:
+            lock.acquire()
+        try:
+            # One poll: which pipes have data, and whether user code closed fd 0, 1 or 2.
+            ready = self._drain_poll.poll(0)
+            if ready:
+                if not self.channel.broken:
+                    self._drain(op, ready)
+                self._restore_fds(ready)
+            if self.stdout.closed or self.stderr.closed:
+                self._repair_streams()
+            self.output_op = None
+        finally:
+            for lock in locks:
+                lock.release()
+        self._gate.acquire()
+
+    def _restore_fds(self, ready: list[tuple[int, int]]) -> None:
+        """Put back fds 0, 1, 2 that user code closed (a replaced one is left alone)."""
+        closed = [fd for fd, ev in ready if fd <= 2 and ev & select.POLLNVAL]
+        for fd in closed:
+            os.dup2(self._keep[fd], fd)
+
+    def _repair_streams(self) -> None:
+        if sys.stdout is self.stdout and self.stdout.closed:
+            self.stdout = _text_stream(1, "surrogateescape")
+            sys.stdout = sys.__stdout__ = self.stdout  # type: ignore[misc]
+        if sys.stderr is self.stderr and self.stderr.closed:
+            self.stderr = _text_stream(2, "backslashreplace")
+            sys.stderr = sys.__stderr__ = self.stderr  # type: ignore[misc]
+
+    def _drain(self, op: int, ready: list[tuple[int, int]]) -> None:
+        budget = dict.fromkeys(self._streams, self.pipe_size + self.chunk)
+        while True:
+            progressed = False
+            for rfd, _ev in ready:
+                if rfd not in budget or budget[rfd] <= 0:
+                    continue
+                try:
+                    data = os.read(rfd, self.chunk)
+                except BlockingIOError:
+                    continue
+                if not data:
+                    continue
+                budget[rfd] -= len(data)
+                progressed = True
+                try:
+                    self.channel.send(Output(op, self._streams[rfd], data))
+                except ChannelLost:
+                    self.on_lost()
+                    return
+            if not progressed:
+                return
+            ready = self._drain_poll.poll(0)
+
+    # -- pump threads ---------------------------------------------------------------------
+
+    def _pump(self, rfd: int) -> None:
+        stream = self._streams[rfd]
+        lock = self._locks[rfd]
+        gate = self._gate
+        poller = select.poll()
+        poller.register(rfd, select.POLLIN)
+        send = self.channel.send
+        try:
+            while True:
+                poller.poll()
+                gate.acquire()  # wait until an op runs
+                gate.release()
+                with lock:
+                    op = self.output_op
+                    if op is None:
+                        continue
+                    try:
+                        data = os.read(rfd, self.chunk)
+                    except BlockingIOError:
+                        continue  # the main thread's drain took it
+                    send(Output(op, stream, data))
+        except ChannelLost:
+            self.on_lost()
+        except BaseException as exc:  # a bug: make it visible, and stop cleanly
+            self.channel.diag(f"internal error in the {stream} pump: {exc!r}")
+            self.on_lost()

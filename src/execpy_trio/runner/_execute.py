@@ -1,0 +1,260 @@
+"""Compiling and running user code in the persistent ``__main__`` namespace.
+
+Each op's code is compiled under its own filename (``<exec-7>``, ``<eval-8>``), with
+``dont_inherit=True`` so the runner's own ``from __future__`` imports do not leak into it.
+Its source is registered in :mod:`linecache` so tracebacks show the lines. Importing
+linecache costs several milliseconds, so sources wait in a list until linecache is
+imported (by the runner when it formats a traceback, or by user code: an import hook
+registers them the moment it is). Sources that define nothing outliving the op (no nested
+code object: no function, class, lambda or comprehension) are dropped when it ends, so a
+client that polls ``eval("x")`` forever does not grow the runner's memory.
+
+An exec whose last statement is an expression returns ``repr`` of its value, as the REPL
+displays it (None gives no value; ``builtins._`` keeps the last non-None value). Parsing to
+find that statement costs an AST round trip, so the plain compiled code is checked first:
+when its bytecode cannot end with an expression statement the AST is not built at all.
+"""
+
+from __future__ import annotations
+
+import builtins
+import os
+import sys
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from types import CodeType, ModuleType
+    from typing import Any
+
+#: Frames from files in this directory are the runner's own; they are cut from tracebacks.
+RUNNER_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+_CodeType = type(compile("", "<empty>", "exec", dont_inherit=True))
+CACHE_ENTRIES = 256
+CACHE_MAX_SOURCE = 4096
+
+
+def _tail_opcodes() -> tuple[int, int, int, int, int]:
+    import opcode
+
+    return (
+        opcode.opmap["POP_TOP"],
+        opcode.opmap["NOP"],
+        opcode.opmap["RETURN_VALUE"],
+        opcode.opmap.get("RETURN_CONST", -1),
+        opcode.opmap["EXTENDED_ARG"],
+    )
+
+
+_POP_TOP, _NOP, _RETURN_VALUE, _RETURN_CONST, _EXTENDED_ARG = _tail_opcodes()
+
+
+def _may_end_with_expression(code: CodeType, source: str) -> bool:
+    """False only if the module's last statement is certainly not an expression.
+
+    A non-constant expression statement compiles to its value then POP_TOP, just before
+    the implicit ``return None``. A constant one (``'a'``, ``42``) compiles to nothing,
+    but the implicit return carries its line number, so the instruction before the return
+    is on an earlier line (or, alone, leaves a NOP). A lone string is a docstring, stored
+    in ``__doc__``. A ``;`` could hide a constant on the same line. In those cases, and for
+    anything unexpected, the answer is True and the AST decides. ``_FAST_PATH_OK`` turns
+    this off on an interpreter that compiles differently (checked once at import).
+    """
+    if not _FAST_PATH_OK or ";" in source or "__doc__" in code.co_names:
+        return True
+    co = code.co_code
+    ret = len(co) - 2
+    if ret < 2:
+        return True
+    if co[ret] == _RETURN_CONST:
+        i = ret - 2
+    elif co[ret] == _RETURN_VALUE:
+        i = ret - 4  # over the LOAD_CONST None
+        while i >= 0 and co[i] == _EXTENDED_ARG:
+            i -= 2
+    else:
+        return True
+    if i < 0 or co[i] == _POP_TOP or co[i] == _NOP:
+        return True
+    line_before = line_ret = None
+    for start, end, line in code.co_lines():
+        if start <= i < end:
+            line_before = line
+        if start <= ret < end:
+            line_ret = line
+    return line_before is None or line_before != line_ret
+
+
+def _check_fast_path() -> bool:
+    def check(source: str) -> bool:
+        return _may_end_with_expression(compile(source, "<check>", "exec"), source)
+
+    return (
+        check("x = 1\n'a'")
+        and check("x = 1\nx")
+        and check("'a'")
+        and not check("x = 1")
+        and not check("x = (\n 1)\n# c\n")
+    )
+
+
+_FAST_PATH_OK = True
+_FAST_PATH_OK = _check_fast_path()
+
+
+def _has_nested_code(code: CodeType) -> bool:
+    return any(type(c) is _CodeType for c in code.co_consts)
+
+
+def type_name(cls: type) -> str:
+    """The exception type as Python's traceback prints it."""
+    module = cls.__module__
+    if module in ("builtins", "__main__"):
+        return cls.__qualname__
+    return f"{module}.{cls.__qualname__}"
+
+
+class Executor:
+    def __init__(self) -> None:
+        main = type(sys)("__main__")
+        main.__dict__["__builtins__"] = builtins
+        sys.modules["__main__"] = main
+        self.module = main
+        self.ns: dict[str, Any] = main.__dict__
+        self._linecache: ModuleType | None = sys.modules.get("linecache")
+        #: Sources waiting for linecache to be imported, by filename.
+        self._pending: dict[str, str] = {}
+        self._temporary: list[str] = []
+        #: Compiled code of recent sources that define nothing (see compile_exec).
+        self._cache: dict[tuple[str, str], tuple[CodeType | None, CodeType | None]] = {}
+
+    # -- sources --------------------------------------------------------------------------
+
+    def remember(self, filename: str, source: str, keep: bool) -> None:
+        if not keep:
+            self._temporary.append(filename)
+        if self._linecache is not None:
+            self._register(filename, source)
+        else:
+            self._pending[filename] = source
+
+    def forget_temporary(self) -> None:
+        """Drop the sources of the op that just ended if nothing can refer to them."""
+        if not self._temporary:
+            return
+        store = self._linecache.cache if self._linecache is not None else self._pending
+        for name in self._temporary:
+            store.pop(name, None)
+        self._temporary.clear()
+
+    def on_linecache_import(self, module: ModuleType) -> None:
+        self._linecache = module
+        pending, self._pending = self._pending, {}
+        for filename, source in pending.items():
+            self._register(filename, source)
+
+    def _register(self, filename: str, source: str) -> None:
+        assert self._linecache is not None
+        # mtime None: linecache.checkcache() leaves the entry alone.
+        self._linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
+
+    # -- compiling ------------------------------------------------------------------------
+
+    def compile_exec(self, source: str, filename: str) -> tuple[CodeType | None, CodeType | None]:
+        """(code for all statements, code of a final expression or None)."""
+        return self._compile("exec", source, filename)
+
+    def compile_eval(self, source: str, filename: str) -> CodeType:
+        expr = self._compile("eval", source, filename)[1]
+        assert expr is not None
+        return expr
+
+    def _compile(
+        self, mode: str, source: str, filename: str
+    ) -> tuple[CodeType | None, CodeType | None]:
+        # Clients often send the same small snippet again and again (polling a value):
+        # code that defines nothing is cached and only renamed, which is 30x cheaper than
+        # compiling it. Code that defines functions or classes is compiled each time, so
+        # that their code objects carry their own op's filename.
+        key = (mode, source)
+        hit = self._cache.get(key)
+        if hit is not None:
+            head, expr = hit
+            self.remember(filename, source, False)
+            return (
+                None if head is None else head.replace(co_filename=filename),
+                None if expr is None else expr.replace(co_filename=filename),
+            )
+        if mode == "eval":
+            head, expr = None, compile(source, filename, "eval", dont_inherit=True)
+        else:
+            head, expr = self._compile_statements(source, filename)
+        keep = (head is not None and _has_nested_code(head)) or (
+            expr is not None and _has_nested_code(expr)
+        )
+        self.remember(filename, source, keep)
+        if not keep and len(source) <= CACHE_MAX_SOURCE:
+            if len(self._cache) >= CACHE_ENTRIES:
+                self._cache.clear()
+            self._cache[key] = (head, expr)
+        return head, expr
+
+    def _compile_statements(self, source: str, filename: str) -> tuple[CodeType, CodeType | None]:
+        code = compile(source, filename, "exec", dont_inherit=True)
+        if not _may_end_with_expression(code, source):
+            return code, None
+        import _ast
+
+        tree = compile(source, filename, "exec", _ast.PyCF_ONLY_AST, dont_inherit=True)
+        assert isinstance(tree, _ast.Module)
+        body = tree.body
+        if not body or type(body[-1]) is not _ast.Expr:
+            return code, None
+        last = body.pop()
+        assert isinstance(last, _ast.Expr)
+        head = compile(tree, filename, "exec", dont_inherit=True)
+        expr = compile(_ast.Expression(last.value), filename, "eval", dont_inherit=True)
+        return head, expr
+
+    # -- errors ---------------------------------------------------------------------------
+
+    def error_info(self, exc: BaseException, limit: int) -> dict[str, str]:
+        """type, message and traceback (as Python prints it, runner frames cut)."""
+        import traceback  # imports linecache: the hook registers pending sources
+
+        if self._linecache is None:
+            self.on_linecache_import(sys.modules["linecache"])
+        try:
+            te = traceback.TracebackException(type(exc), exc, exc.__traceback__, compact=True)
+            _cut_runner_frames(te, set())
+            text = "".join(te.format())
+        except Exception as fmt_exc:  # a hostile __str__ or the like
+            text = f"<the traceback could not be formatted: {fmt_exc!r}>\n"
+        try:
+            message = str(exc)
+        except Exception:
+            message = f"<str() of the {type_name(type(exc))} failed>"
+        return {
+            "type": type_name(type(exc)),
+            "message": _clip(message, limit),
+            "traceback": _clip(text, limit),
+        }
+
+
+def _clip(text: str, limit: int) -> str:
+    if len(text) <= limit:
+        return text
+    cut = len(text) - limit
+    return f"{text[: limit // 2]}\n... [{cut} characters cut] ...\n{text[-limit // 2 :]}"
+
+
+def _cut_runner_frames(te: Any, seen: set[int]) -> None:
+    if id(te) in seen:
+        return
+    seen.add(id(te))
+    te.stack[:] = [f for f in te.stack if not f.filename.startswith(RUNNER_DIR)]
+    for nested in (te.__cause__, te.__context__):
+        if nested is not None:
+            _cut_runner_frames(nested, seen)
+    for nested in getattr(te, "exceptions", None) or ():
+        _cut_runner_frames(nested, seen)

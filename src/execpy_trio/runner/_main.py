@@ -1,0 +1,743 @@
+"""The runner: set-up, handshake, the request loop, interrupts and exits.
+
+Threads and phases
+------------------
+User code runs in the **main** thread, so that a signal can interrupt it anywhere. While
+no op runs, the main thread also reads the channel itself. When an op starts it hands
+reading to the **I/O** thread (which answers pings, rejects extra ops as busy, delivers
+input replies and turns a cancel into an interrupt) and takes it back before the ``done``.
+The I/O thread also watches the parent process (a pidfd) the whole time.
+
+A cancel sets ``cancel_requested`` and sends SIGINT to the main thread with
+``pthread_kill``; the handler raises ``KeyboardInterrupt`` only in the RUNNING phase, so
+the runner's own code is never interrupted. Sending an input request from the main thread
+is a PROTECTED step: a SIGINT that lands then is held and raised right after the frame is
+written, so a frame is never cut in half. A cancel that lands just before user code starts
+is seen by the check at the start of RUNNING; one that lands after it ended (FINISHING) is
+ignored. Either way the op ends in exactly one ``done``. Children of the runner in its
+process group get SIGINT too, as a terminal's Ctrl-C would do.
+"""
+
+from __future__ import annotations
+
+import _thread
+import os
+import select
+import sys
+import time
+
+from execpy_trio.protocol import (
+    NEED_DATA,
+    PROTOCOL_VERSION,
+    RUNNER,
+    STATUS_CANCELLED,
+    STATUS_ERROR,
+    STATUS_OK,
+    Cancel,
+    Connection,
+    ConnectionClosed,
+    Done,
+    Error,
+    Eval,
+    Exec,
+    Hello,
+    InputReply,
+    InputRequest,
+    LocalProtocolError,
+    Message,
+    Ping,
+    Pong,
+    RemoteProtocolError,
+    Shutdown,
+    UnknownMessage,
+    Welcome,
+)
+
+from . import (
+    EXIT_CHANNEL_LOST,
+    EXIT_HANDSHAKE_TIMEOUT,
+    EXIT_INTERNAL,
+    EXIT_OK,
+    EXIT_PARENT_DIED,
+    EXIT_PROTOCOL,
+    EXIT_USAGE,
+    IMPL_NAME,
+    IMPL_VERSION,
+)
+from ._channel import Channel, ChannelLost
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal as _signal
+    from types import CodeType, FrameType
+    from typing import Any, NoReturn
+else:
+    import _signal  # not `signal`: that imports enum, ~2 ms of start-up for nothing
+
+CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture")
+DEFAULT_HELLO_TIMEOUT = 10.0
+#: How often the I/O thread looks for a long-running op while ops are being run (ms).
+IO_TICK_MS = 2
+#: After this many ticks without a new op, it sleeps until the next op wakes it.
+IO_DORMANT = 50
+#: How often an interrupt the main thread has not taken yet is sent again (ms).
+REDELIVER_MS = 100
+#: After the channel is lost mid-op, how long the op has to unwind before a hard exit.
+LOST_GRACE = 1.0
+
+# Phases of the main thread (see the module docstring).
+IDLE, PREPARING, RUNNING, PROTECTED, FINISHING = range(5)
+
+USAGE = """\
+usage: python -m execpy_trio.runner (--fd N | --stdio) [--hello-timeout SECONDS]
+
+Run Python code for an execpy-trio client, speaking protocol {major}.{minor}.
+
+  --fd N                  the channel is file descriptor N (a socketpair end)
+  --stdio                 the channel is this process's stdin and stdout
+  --hello-timeout SECONDS exit (code 4) if no hello arrives in time (default {timeout:g})
+
+Set EXECPY_TRACE=1 to log every frame on stderr. Exit codes: 0 clean, 2 usage,
+3 protocol error, 4 no hello in time, 5 channel lost during an op, 6 parent died,
+70 internal error.
+"""
+
+
+class UsageError(Exception):
+    pass
+
+
+def _parse(argv: list[str]) -> tuple[int | None, bool, float]:
+    fd: int | None = None
+    stdio = False
+    timeout = DEFAULT_HELLO_TIMEOUT
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        name, eq, inline = arg.partition("=")
+        if name in ("--fd", "--hello-timeout"):
+            if not eq:
+                if not args:
+                    raise UsageError(f"{name} needs a value")
+                inline = args.pop(0)
+            try:
+                if name == "--fd":
+                    fd = int(inline)
+                    if fd < 0:
+                        raise ValueError
+                else:
+                    timeout = float(inline)
+                    if not timeout > 0:
+                        raise ValueError
+            except ValueError:
+                raise UsageError(f"invalid value for {name}: {inline!r}") from None
+        elif arg == "--stdio":
+            stdio = True
+        else:
+            raise UsageError(f"unknown argument {arg!r}")
+    if (fd is None) == (not stdio):
+        raise UsageError("give exactly one of --fd N and --stdio")
+    return fd, stdio, timeout
+
+
+def main(argv: list[str]) -> int:
+    if "-h" in argv or "--help" in argv:
+        sys.stdout.write(_usage())
+        return EXIT_OK
+    try:
+        fd, stdio, timeout = _parse(argv)
+    except UsageError as exc:
+        sys.stderr.write(f"execpy-runner: {exc}\n{_usage()}")
+        return EXIT_USAGE
+    try:
+        runner = Runner(fd, stdio, timeout)
+    except UsageError as exc:
+        sys.stderr.write(f"execpy-runner: {exc}\n")
+        return EXIT_USAGE
+    try:
+        runner.serve()
+    except BaseException as exc:
+        runner.internal_error(exc)
+    return EXIT_INTERNAL  # serve() only ends through runner.exit()
+
+
+def _usage() -> str:
+    return USAGE.format(
+        major=PROTOCOL_VERSION[0], minor=PROTOCOL_VERSION[1], timeout=DEFAULT_HELLO_TIMEOUT
+    )
+
+
+class Runner:
+    def __init__(self, fd: int | None, stdio: bool, hello_timeout: float) -> None:
+        self.pid = os.getpid()
+        self.ppid = os.getppid()
+        self.main_ident = _thread.get_ident()
+        self.hello_timeout = hello_timeout
+        self.phase = IDLE
+        self.deferred_interrupt = False
+        self.cancel_requested = False
+        self.interrupt_delivered = False
+        self.shutdown_requested = False
+        self.lost = False
+        self.running_op: int | None = None
+        self._exiting = _thread.allocate_lock()
+
+        # The diagnostic stream: our original stderr, on a private (CLOEXEC) fd.
+        try:
+            self.diag_fd = os.dup(2)
+        except OSError:
+            self.diag_fd = os.open(os.devnull, os.O_WRONLY | os.O_CLOEXEC)
+        try:
+            if stdio:
+                rfd, wfd = os.dup(0), os.dup(1)
+            else:
+                assert fd is not None
+                os.fstat(fd)
+                if fd <= 2:
+                    fd = os.dup(fd)
+                else:
+                    os.set_inheritable(fd, False)
+                rfd = wfd = fd
+        except OSError as exc:
+            raise UsageError(f"the channel descriptor is not usable: {exc}") from None
+
+        # Our own process group (the client uses start_new_session; a shell or ssh may
+        # not), so that the group holds our children and nobody else's.
+        if os.getpgrp() != self.pid:
+            try:
+                os.setsid()
+            except OSError:
+                pass
+        self.group_leader = os.getpgrp() == self.pid
+
+        trace = self._trace if os.environ.get("EXECPY_TRACE") == "1" else None
+        self.conn = Connection(RUNNER, trace=trace)
+        self.channel = Channel(rfd, wfd, self.conn, self.diag)
+        self.channel.read_lock.acquire()  # the main thread reads until an op starts
+
+        _signal.signal(_signal.SIGINT, self._on_sigint)
+
+        from ._capture import Capture
+        from ._execute import Executor
+        from ._hooks import AfterImport
+        from ._input import Input
+
+        self.capture = Capture(self.channel, self.channel_lost)
+        self.input = Input(self._send_input_request)
+        self.executor = Executor()
+        AfterImport(
+            {"getpass": self.input.patch_getpass, "linecache": self.executor.on_linecache_import}
+        ).install()
+
+        # Hand-off of reading between the main and I/O threads (see _io_loop).
+        self._handoff = _thread.allocate_lock()
+        self._op_gen = 0
+        self._op_active = False
+        self._io_sleeping = True
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)
+        self._pidfd: int | None = None
+        if self.ppid > 1:
+            try:
+                self._pidfd = os.pidfd_open(self.ppid)
+            except (AttributeError, OSError):
+                self._pidfd = None  # old kernel or not Linux: poll getppid() instead
+            # The parent may have died before pidfd_open; then the pidfd names another
+            # process or fails, and getppid() has changed: check once more.
+            if os.getppid() != self.ppid:
+                self.parent_died()
+        _thread.start_new_thread(self._io_thread, ())
+
+    # -- diagnostics and exits ------------------------------------------------------------
+
+    def diag(self, text: str) -> None:
+        try:
+            os.write(
+                self.diag_fd, f"execpy-runner[{self.pid}]: {text}\n".encode("utf-8", "replace")
+            )
+        except OSError:
+            pass
+
+    def _trace(self, direction: str, msg: Message) -> None:
+        self.diag(f"{direction} {msg!r:.400}")
+
+    def exit(self, code: int) -> NoReturn:
+        """Kill the children in our process group and exit now, from any thread."""
+        self._exiting.acquire()  # a second caller waits here until the process is gone
+        try:
+            self.signal_children(_signal.SIGKILL)
+        finally:
+            os._exit(code)
+
+    def internal_error(self, exc: BaseException) -> NoReturn:
+        try:
+            import traceback
+
+            text = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except BaseException:
+            text = repr(exc)
+        self.diag(f"internal error, please report it:\n{text}")
+        self.exit(EXIT_INTERNAL)
+
+    def protocol_failure(self, exc: RemoteProtocolError) -> NoReturn:
+        state = self.channel.state_at_read
+        self.diag(
+            f"protocol error ({exc.error_code}) while in state {state}: {exc}; "
+            f"the last bytes received began with {self.channel.last_chunk[:120]!r}; "
+            f"sending a fatal error and exiting with code {EXIT_PROTOCOL}"
+        )
+        self.channel.send_fatal(Error(exc.error_code, str(exc), fatal=True))
+        self.exit(EXIT_PROTOCOL)
+
+    def parent_died(self) -> NoReturn:
+        self.diag(f"the parent process {self.ppid} died; exiting")
+        self.exit(EXIT_PARENT_DIED)
+
+    def channel_lost(self) -> None:
+        """The client is gone while an op runs: interrupt it, kill children, exit soon."""
+        if self.lost:
+            return
+        self.lost = True
+        if self.running_op is None:
+            self.exit(EXIT_CHANNEL_LOST)
+        self.diag(f"the channel was lost while op {self.running_op} ran; interrupting it")
+        self.cancel_requested = True
+        self.signal_children(_signal.SIGKILL)
+        _signal.pthread_kill(self.main_ident, _signal.SIGINT)
+        self.input.finish()
+        _thread.start_new_thread(self._exit_later, (LOST_GRACE,))
+
+    def _exit_later(self, delay: float) -> None:
+        time.sleep(delay)
+        self.diag(f"op still running {delay:g} s after the channel was lost; exiting")
+        self.exit(EXIT_CHANNEL_LOST)
+
+    def signal_children(self, signum: int) -> None:
+        """Signal every process in our process group but ourselves."""
+        for pid in self._group_members():
+            try:
+                os.kill(pid, signum)
+            except OSError:
+                pass
+
+    def _group_members(self) -> list[int]:
+        if not self.group_leader:
+            return []  # our group is someone else's too: leave it alone
+        members = []
+        try:
+            names = os.listdir("/proc")
+        except OSError:
+            return []
+        for name in names:
+            if not name.isdigit():
+                continue
+            pid = int(name)
+            if pid == self.pid:
+                continue
+            try:
+                if os.getpgid(pid) == self.pid:
+                    members.append(pid)
+            except OSError:
+                continue
+        return members
+
+    # -- interrupts -----------------------------------------------------------------------
+
+    def _on_sigint(self, signum: int, frame: FrameType | None) -> None:
+        phase = self.phase
+        if phase == RUNNING:
+            self.interrupt_delivered = True
+            raise KeyboardInterrupt
+        if phase == PROTECTED:
+            self.deferred_interrupt = True
+        # IDLE, PREPARING (seen at the start of RUNNING) and FINISHING: ignored.
+
+    def interrupt(self) -> None:
+        """Cancel the running op (from the I/O thread)."""
+        self.cancel_requested = True
+        _signal.pthread_kill(self.main_ident, _signal.SIGINT)
+        self.signal_children(_signal.SIGINT)
+
+    def _redeliver_interrupt(self) -> None:
+        # A SIGINT that arrives while the main thread ignores it (os.system() and
+        # subprocess.call() with a shell do, during their wait) is lost. Until the handler
+        # has raised once, send it again now and then: never twice after it raised, so
+        # cleanup code after the KeyboardInterrupt is not interrupted a second time.
+        if self.cancel_requested and not self.interrupt_delivered and self._op_active:
+            _signal.pthread_kill(self.main_ident, _signal.SIGINT)
+
+    def _send_input_request(self, msg: InputRequest) -> None:
+        if _thread.get_ident() != self.main_ident:
+            self._send_or_lose(msg)
+            return
+        previous = self.phase
+        self.phase = PROTECTED
+        try:
+            self._send_or_lose(msg)
+        finally:
+            self.phase = previous
+        if self.deferred_interrupt and previous == RUNNING:
+            self.deferred_interrupt = False
+            raise KeyboardInterrupt
+
+    def _send_or_lose(self, msg: Message) -> None:
+        try:
+            self.channel.send(msg)
+        except ChannelLost:
+            self.channel_lost()
+            raise EOFError("the client closed the channel") from None
+
+    # -- the main loop --------------------------------------------------------------------
+
+    def serve(self) -> NoReturn:
+        self._handshake()
+        chan = self.channel
+        while True:
+            try:
+                ev = chan.read_event()
+            except RemoteProtocolError as exc:
+                self.protocol_failure(exc)
+            kind = type(ev)
+            if kind is Exec or kind is Eval:
+                self._run_op(ev)
+            elif kind is Ping:
+                self._send_or_exit(Pong(ev.token))
+            elif kind is Cancel or kind is InputReply:
+                pass  # for an op that already ended: harmless
+            elif kind is Shutdown:
+                self.exit(EXIT_OK)
+            elif kind is ConnectionClosed:
+                if not ev.clean:
+                    self.diag(f"the channel closed in state {ev.state}")
+                self.exit(EXIT_OK if ev.clean else EXIT_CHANNEL_LOST)
+            else:
+                self._other_message(ev, self._send_or_exit)
+
+    def _send_or_exit(self, msg: Message) -> None:
+        try:
+            self.channel.send(msg)
+        except ChannelLost as exc:
+            self.diag(str(exc))
+            self.exit(EXIT_CHANNEL_LOST)
+
+    def _other_message(self, ev: Any, send: Any) -> None:
+        if type(ev) is UnknownMessage:
+            send(
+                Error(
+                    "unknown-kind",
+                    f"unknown message kind {ev.kind!r}; this runner ({IMPL_NAME} "
+                    f"{IMPL_VERSION}) speaks protocol {PROTOCOL_VERSION[0]}."
+                    f"{PROTOCOL_VERSION[1]}; the message was ignored",
+                )
+            )
+        elif type(ev) is Error:
+            self.diag(f"the client reported an error: {ev.code}: {ev.message}")
+            if ev.fatal:
+                self.exit(EXIT_PROTOCOL)
+        else:  # the state machine lets nothing else through; be loud if it ever does
+            self.diag(f"ignored unexpected {ev!r:.200}")
+
+    def _handshake(self) -> None:
+        chan = self.channel
+        deadline = time.monotonic() + self.hello_timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                self.diag(
+                    f"no hello from the client within {self.hello_timeout:g} s; exiting "
+                    f"with code {EXIT_HANDSHAKE_TIMEOUT} (is the client speaking protocol "
+                    f"{PROTOCOL_VERSION[0]} on this channel?)"
+                )
+                self.exit(EXIT_HANDSHAKE_TIMEOUT)
+            try:
+                ev = chan.read_event(int(remaining * 1000) + 1)
+            except RemoteProtocolError as exc:
+                self.protocol_failure(exc)
+            if ev is not NEED_DATA:
+                break
+        if type(ev) is ConnectionClosed:
+            self.diag("the channel closed before the client sent hello")
+            self.exit(EXIT_CHANNEL_LOST)
+        if type(ev) is not Hello:  # only a fatal error gets past the state machine
+            self._other_message(ev, self._send_or_exit)
+            self.exit(EXIT_PROTOCOL)
+        v = sys.version_info
+        self._send_or_exit(
+            Welcome(
+                PROTOCOL_VERSION,
+                IMPL_NAME,
+                IMPL_VERSION,
+                "python",
+                f"{v[0]}.{v[1]}.{v[2]}",
+                self.pid,
+                self.conn.max_frame,
+                CAPABILITIES,
+            )
+        )
+        self.capture.set_peer_limit(self.conn.peer_max_frame)
+
+    # -- one op ---------------------------------------------------------------------------
+
+    def _run_op(self, msg: Exec | Eval) -> None:
+        op = msg.op
+        chan = self.channel
+        self.phase = PREPARING
+        self.running_op = op
+        self.cancel_requested = False
+        self.interrupt_delivered = False
+        self.deferred_interrupt = False
+        if type(msg) is Exec:
+            self.input.begin(op, msg.stdin, msg.allow_stdin)
+        else:
+            self.input.begin(op, None, False)
+        self.capture.begin(op)
+        # Hand reading to the I/O thread (lock first: see _channel's theory of operation).
+        chan.read_lock.release()
+        with self._handoff:
+            self._op_gen += 1
+            self._op_active = True
+            wake = self._io_sleeping
+            self._io_sleeping = False
+        if wake:
+            self._wake_io()
+
+        status, value, error = self._execute(msg)
+
+        self.phase = FINISHING
+        self.capture.finish(op)
+        self.input.finish()
+        with self._handoff:
+            self._op_active = False
+            wake = chan.reader_is_io
+        if wake:
+            self._wake_io()  # the I/O thread holds read_lock: make it let go
+        chan.read_lock.acquire()
+        self.executor.forget_temporary()
+        self.running_op = None
+        self.phase = IDLE
+        if self.lost:
+            self.exit(EXIT_CHANNEL_LOST)
+        done = Done(op, status, value, error)
+        try:
+            chan.send(done)
+        except LocalProtocolError as exc:
+            # Too large for the client (a huge eval value is checked earlier; this is
+            # the last line of defence): say so instead of failing the connection.
+            self._send_or_exit(
+                Done(
+                    op,
+                    STATUS_ERROR,
+                    None,
+                    {"type": "ValueError", "message": str(exc), "traceback": ""},
+                )
+            )
+        except ChannelLost as exc:
+            self.diag(str(exc))
+            self.exit(EXIT_CHANNEL_LOST)
+        if self.shutdown_requested:
+            self.exit(EXIT_OK)
+
+    def _execute(self, msg: Exec | Eval) -> tuple[str, Any, dict[str, str] | None]:
+        ex = self.executor
+        is_exec = isinstance(msg, Exec)
+        head: CodeType | None
+        expr: CodeType | None
+        try:
+            if msg.variables:
+                ex.ns.update(msg.variables)
+            if isinstance(msg, Exec):
+                head, expr = ex.compile_exec(msg.code, f"<exec-{msg.op}>")
+            else:
+                head, expr = None, ex.compile_eval(msg.expr, f"<eval-{msg.op}>")
+        except BaseException as exc:  # SyntaxError, ValueError (NUL), RecursionError, ...
+            return STATUS_ERROR, None, self._error(exc)
+        failure: BaseException | None
+        try:
+            failure, value = self._run_user_code(head, expr, is_exec)
+        except KeyboardInterrupt as ki:  # landed between user code and the phase change
+            failure, value = ki, None
+        self.phase = FINISHING
+        if failure is None:
+            return STATUS_OK, value, None
+        if type(failure) is KeyboardInterrupt and self.cancel_requested:
+            return STATUS_CANCELLED, None, self._error(failure)
+        return STATUS_ERROR, None, self._error(failure)
+
+    def _run_user_code(
+        self, head: CodeType | None, expr: CodeType | None, is_exec: bool
+    ) -> tuple[BaseException | None, Any]:
+        ns = self.executor.ns
+        try:
+            self.phase = RUNNING
+            if self.cancel_requested:
+                raise KeyboardInterrupt
+            if head is not None:
+                exec(head, ns)
+            value = None
+            if expr is not None:
+                value = eval(expr, ns)
+                value = self._exec_value(value) if is_exec else self._eval_value(value)
+            self.phase = FINISHING
+            return None, value
+        except BaseException as exc:
+            self.phase = FINISHING
+            return exc, None
+
+    def _value_limit(self) -> int:
+        return max(1024, self.conn.peer_max_frame // 4)
+
+    def _exec_value(self, value: Any) -> str | None:
+        if value is None:
+            return None
+        import builtins
+
+        builtins._ = value  # type: ignore[attr-defined]
+        text = repr(value)
+        limit = self._value_limit()
+        if len(text) > limit:
+            text = f"{text[:limit]}... [repr cut: {len(text)} characters in all]"
+        return text
+
+    def _eval_value(self, value: Any) -> Any:
+        from execpy_trio.protocol import pack_body, unpack_body
+
+        try:
+            body = pack_body(value)
+            unpack_body(body)  # what the client's decoder will accept (e.g. str keys)
+        except (LocalProtocolError, RemoteProtocolError) as exc:
+            detail = str(exc.__cause__ or exc)
+            raise TypeError(
+                f"eval result of type {type(value).__name__!r} cannot be sent as msgpack: "
+                f"{detail}; convert it to plain data (None, bool, int, float, str, bytes, "
+                f"list, dict with str keys) or use exec and repr()"
+            ) from None
+        if len(body) > self.conn.peer_max_frame - 256:
+            raise ValueError(
+                f"eval result is {len(body)} bytes as msgpack, over the client's frame "
+                f"limit of {self.conn.peer_max_frame} bytes; return less data"
+            )
+        return value
+
+    def _error(self, exc: BaseException) -> dict[str, str]:
+        sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+        return self.executor.error_info(exc, self._value_limit())
+
+    # -- the I/O thread -------------------------------------------------------------------
+
+    def _wake_io(self) -> None:
+        try:
+            os.write(self._wake_w, b"!")
+        except BlockingIOError:
+            pass  # already full of wake-ups: it will wake
+
+    def _io_thread(self) -> None:
+        try:
+            self._io_loop()
+        except BaseException as exc:
+            self.internal_error(exc)
+
+    def _io_loop(self) -> None:
+        """Watch the parent; read the channel while an op runs for more than a moment.
+
+        Waking this thread at the start of every op and back at its end costs two thread
+        switches and a GIL hand-off per op, more than the rest of a round trip. So it
+        wakes on its own every IO_TICK while ops are being run, and takes over reading
+        when it sees the same op running on two ticks in a row: a short op never involves
+        it, and a cancel, ping or input reply waits at most two ticks. When no op has
+        started for IO_DORMANT ticks it sleeps until the main thread wakes it at the next
+        op start. While it reads, it holds ``read_lock``; the main thread takes it back
+        at the end of the op by waking it.
+        """
+        chan = self.channel
+        handoff = self._handoff
+        idle = select.poll()
+        busy = select.poll()
+        for poller in (idle, busy):
+            poller.register(self._wake_r, select.POLLIN)
+            if self._pidfd is not None:
+                poller.register(self._pidfd, select.POLLIN)
+        busy.register(chan.rfd, select.POLLIN)
+        # Without a pidfd, notice the parent's death by polling getppid() twice a second.
+        watch_ppid = self._pidfd is None and self.ppid > 1
+        dormant_timeout = 500 if watch_ppid else None
+        last_gen = -1
+        quiet_ticks = 0
+        while True:
+            if chan.reader_is_io:
+                pending = self.cancel_requested and not self.interrupt_delivered
+                ready = busy.poll(REDELIVER_MS if pending else dormant_timeout)
+                if pending and not ready:
+                    self._redeliver_interrupt()
+            else:
+                ready = idle.poll(dormant_timeout if self._io_sleeping else IO_TICK_MS)
+            for fd, _ev in ready:
+                if fd == self._wake_r:
+                    os.read(self._wake_r, 4096)
+                elif fd == self._pidfd:
+                    self.parent_died()
+                else:
+                    self._io_read()
+            if watch_ppid and os.getppid() != self.ppid:
+                self.parent_died()
+            took_over = False
+            with handoff:
+                if chan.reader_is_io:
+                    if not self._op_active:
+                        chan.reader_is_io = False
+                        chan.read_lock.release()
+                elif self._op_active:
+                    quiet_ticks = 0
+                    if self._op_gen == last_gen and chan.read_lock.acquire(False):
+                        chan.reader_is_io = took_over = True
+                    last_gen = self._op_gen
+                elif self._op_gen == last_gen:
+                    quiet_ticks += 1
+                    if quiet_ticks >= IO_DORMANT:
+                        self._io_sleeping = True
+                else:
+                    last_gen = self._op_gen
+                    quiet_ticks = 0
+            if took_over:
+                # Frames that came in the same read as the op's request (a ping or cancel
+                # right behind it) are already decoded-ready: no poll would report them.
+                self._io_read(buffered_only=True)
+
+    def _io_read(self, buffered_only: bool = False) -> None:
+        try:
+            events = self.channel.io_read_events(buffered_only)
+        except RemoteProtocolError as exc:
+            self.protocol_failure(exc)
+        for ev in events:
+            self._io_dispatch(ev)
+
+    def _io_dispatch(self, ev: Any) -> None:
+        kind = type(ev)
+        if kind is Cancel:
+            if ev.op == self.running_op:
+                self.interrupt()
+        elif kind is InputReply:
+            self.input.deliver(ev.op, ev.text)
+        elif kind is Ping:
+            self._control(Pong(ev.token))
+        elif kind is Exec or kind is Eval:
+            self._control(
+                Error(
+                    "busy",
+                    f"op {ev.op} rejected: op {self.running_op} is still running; wait "
+                    "for its done (or cancel it) before sending another exec or eval",
+                    op=ev.op,
+                )
+            )
+        elif kind is Shutdown:
+            self.shutdown_requested = True
+            self.interrupt()
+        elif kind is ConnectionClosed:
+            self.channel_lost()
+        else:
+            self._other_message(ev, self._control)
+
+    def _control(self, msg: Message) -> None:
+        try:
+            self.channel.send_control(msg)
+        except ChannelLost:
+            self.channel_lost()

@@ -1,0 +1,299 @@
+"""The client against real runner processes: the whole public contract, end to end."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+import pytest
+import trio
+
+import execpy_trio as ex
+
+
+def _gone(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def test_exec_eval_stdin_variables() -> None:
+    with trio.fail_after(20):
+        async with ex.open_runner() as runner:
+            assert runner.welcome.language == "python"
+            assert runner.pid == runner.process.pid  # type: ignore[union-attr]
+            r = await runner.exec("x = 40\nx + 2")
+            assert (r.status, r.value, r.stdout, r.stderr, r.error) == ("ok", "42", "", "", None)
+            assert r.check() is r
+            r = await runner.exec("import sys\nprint('out')\nprint('err', file=sys.stderr)")
+            assert (r.stdout, r.stderr, r.value) == ("out\n", "err\n", None)
+            r = await runner.exec("name = input()", stdin="bob\n")
+            assert r.ok
+            assert await runner.eval("[x, name]") == [40, "bob"]
+            r = await runner.exec("print(data)", variables={"data": [1, 2]})
+            assert r.stdout == "[1, 2]\n"
+            # exec never waits for input: EOFError at once.
+            start = time.monotonic()
+            r = await runner.exec("input('? ')")
+            assert r.status == "error" and r.error is not None
+            assert r.error.type == "EOFError"
+            assert time.monotonic() - start < 2
+
+
+async def test_error_result_has_a_traceback_with_source() -> None:
+    async with ex.open_runner() as runner:
+        r = await runner.exec("def f():\n    return 1 / 0\n\nf()")
+        assert r.status == "error" and r.error is not None
+        assert r.error.type == "ZeroDivisionError"
+        assert "division by zero" in r.error.message
+        assert "return 1 / 0" in r.error.traceback
+        with pytest.raises(ex.CodeError, match="ZeroDivisionError") as info:
+            r.check()
+        assert info.value.result is r
+        with pytest.raises(ex.CodeError, match="NameError"):
+            await runner.eval("undefined_name")
+
+
+async def test_output_of_child_processes_arrives_in_order() -> None:
+    async with ex.open_runner() as runner:
+        r = await runner.exec(
+            "import os, subprocess\n"
+            "print('a', flush=True)\n"
+            "os.write(1, b'b\\n')\n"
+            "subprocess.run(['echo', 'c'])\n"
+            "print('d')"
+        )
+        assert r.stdout == "a\nb\nc\nd\n"
+
+
+async def test_exec_stream_input_and_password() -> None:
+    code = (
+        "import getpass\nn = input('n? ')\npw = getpass.getpass('pw: ')\nprint(int(n) * 2, len(pw))"
+    )
+    events: list[object] = []
+    with trio.fail_after(20):
+        async with ex.open_runner() as runner, runner.exec_stream(code) as op:
+            async for event in op:
+                events.append(event)
+                if isinstance(event, ex.InputRequest):
+                    await op.send_input("secret" if event.password else "21")
+    requests = [e for e in events if isinstance(e, ex.InputRequest)]
+    assert requests == [ex.InputRequest("n? ", False), ex.InputRequest("pw: ", True)]
+    assert op.result.ok
+    assert op.result.stdout.endswith("42 6\n")
+
+
+async def test_output_streams_while_code_runs() -> None:
+    code = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)"
+    arrivals: list[float] = []
+    async with ex.open_runner() as runner, runner.exec_stream(code) as op:
+        start = trio.current_time()
+        async for event in op:
+            if isinstance(event, ex.Output):
+                arrivals.append(trio.current_time() - start)
+    assert op.result.stdout == "0\n1\n2\n"
+    assert arrivals[0] < 0.25  # the first line came long before the end (~0.9 s)
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "while True: pass",
+        "import time\ntime.sleep(60)",
+        "import subprocess\nsubprocess.run(['sleep', '60'])",
+    ],
+    ids=["tight-loop", "sleep", "child-process"],
+)
+async def test_cancel_interrupts_and_runner_stays_usable(code: str) -> None:
+    async with ex.open_runner(cancel_grace=5) as runner:
+        start = time.monotonic()
+        with trio.move_on_after(0.3) as scope:
+            await runner.exec(code)
+        assert scope.cancelled_caught
+        assert time.monotonic() - start < 3, "the cancel did not interrupt the code"
+        assert runner.is_alive
+        assert (await runner.exec("n = 1\nn + 1")).value == "2"
+        assert runner.statistics().ops_cancelled == 1
+
+
+async def test_cancel_while_waiting_for_input() -> None:
+    async with ex.open_runner(cancel_grace=5) as runner:
+        with trio.move_on_after(0.3):
+            async with runner.exec_stream("input('never answered: ')") as op:
+                async for _event in op:
+                    pass
+        assert op.result.status == "cancelled"
+        assert (await runner.exec("s = 'still here'\ns")).value == "'still here'"
+
+
+async def test_abandoned_stream_is_cancelled() -> None:
+    async with ex.open_runner() as runner:
+        async with runner.exec_stream("while True: print('spam')") as op:
+            async for _event in op:
+                break
+        assert op.result.status == "cancelled"
+        assert (await runner.exec("n = 2\nn")).value == "2"
+
+
+async def test_code_that_ignores_the_interrupt_gets_killed() -> None:
+    code = (
+        "import time\n"
+        "while True:\n"
+        "    try:\n"
+        "        time.sleep(10)\n"
+        "    except KeyboardInterrupt:\n"
+        "        pass\n"
+    )
+    async with ex.open_runner(cancel_grace=0.5) as runner:
+        start = time.monotonic()
+        with trio.move_on_after(0.2):
+            await runner.exec(code)
+        assert time.monotonic() - start < 5
+        assert runner.state == "dead"
+        with pytest.raises(ex.RunnerDied, match=r"cancel_grace=0\.5") as info:
+            await runner.exec("1")
+        assert info.value.signal == signal.SIGKILL
+
+
+async def test_runner_killed_mid_op_gives_runner_died_at_once() -> None:
+    async with ex.open_runner(env={"EXECPY_TRACE": "1"}) as runner:
+        pid = runner.pid
+        start = time.monotonic()
+        with pytest.raises(ex.RunnerDied) as info:
+            async with runner.exec_stream(
+                "import time\nprint('up', flush=True)\ntime.sleep(60)"
+            ) as op:
+                async for _event in op:
+                    os.kill(pid, signal.SIGKILL)
+        assert time.monotonic() - start < 3, "RunnerDied must not wait for a timeout"
+        err = info.value
+        assert err.signal == signal.SIGKILL and err.returncode == -signal.SIGKILL
+        assert err.pid == pid
+        assert err.op is not None and "time.sleep(60)" not in err.op  # first line only
+        assert "op 1" in err.op
+        assert err.stderr_tail, "the frame log on the runner's stderr should be in the tail"
+        assert "SIGKILL" in str(err)
+
+
+async def test_code_that_exits_gives_runner_died() -> None:
+    async with ex.open_runner() as runner:
+        with pytest.raises(ex.RunnerDied) as info:
+            await runner.exec("import os\nos._exit(7)")
+        assert info.value.returncode == 7 and info.value.signal is None
+        assert "exited with code 7" in str(info.value)
+
+
+async def test_leaving_under_cancellation_shuts_down() -> None:
+    with trio.move_on_after(0.5):
+        async with ex.open_runner() as runner:
+            await runner.exec("x = 1")
+            await trio.sleep_forever()
+    assert runner.process is not None and runner.process.returncode is not None
+    assert runner.state == "closed"
+
+
+async def test_orderly_shutdown_exits_cleanly_and_kills_leftover_children() -> None:
+    async with ex.open_runner() as runner:
+        child = await runner.eval(
+            "__import__('subprocess').Popen(['sleep', '60'], start_new_session=False).pid"
+        )
+        assert not _gone(child)
+    assert runner.returncode == 0
+    with trio.move_on_after(5):
+        while not _gone(child):  # noqa: ASYNC110 - polling another process's state
+            await trio.sleep(0.02)
+    assert _gone(child), "a child of the user's code outlived the runner"
+
+
+async def test_start_runner_in_a_nursery() -> None:
+    async with trio.open_nursery() as nursery:
+        runner = await ex.start_runner(nursery)
+        assert (await runner.eval("1 + 2")) == 3
+        await runner.aclose()
+        assert runner.state == "closed" and runner.returncode == 0
+        runner2 = await ex.start_runner(nursery)
+        assert runner2.is_alive
+        nursery.cancel_scope.cancel()  # cancelling the nursery shuts it down too
+    assert runner2.returncode is not None
+
+
+async def test_stdio_mode() -> None:
+    async with ex.open_runner(stdio=True) as runner:
+        r = await runner.exec("import sys\nprint('via stdio')\nsys.stdout.fileno()")
+        assert r.stdout == "via stdio\n"
+        assert r.value == "1"  # user code still sees fd 1 as its stdout
+
+
+async def test_ping_while_code_runs() -> None:
+    async with ex.open_runner() as runner, trio.open_nursery() as nursery:
+        nursery.start_soon(runner.exec, "import time\ntime.sleep(0.5)")
+        await trio.sleep(0.1)
+        with trio.fail_after(2):
+            rtt = await runner.ping()
+        assert rtt < 0.4  # answered while busy, not after the op
+
+
+async def test_concurrent_callers_fifo() -> None:
+    async with ex.open_runner() as runner:
+        results: list[str] = []
+
+        async def call(i: int) -> None:
+            r = await runner.exec(f"import time\ntime.sleep(0.02)\nn = {i}\nn")
+            results.append(r.value)
+
+        async with trio.open_nursery() as nursery:
+            for i in range(5):
+                nursery.start_soon(call, i)
+                await trio.sleep(0.005)
+        assert results == ["0", "1", "2", "3", "4"]
+
+
+async def test_no_stray_tasks() -> None:
+    before = trio.lowlevel.current_statistics().tasks_living
+    async with ex.open_runner() as runner:
+        await runner.exec("1")
+        assert trio.lowlevel.current_statistics().tasks_living > before
+    assert trio.lowlevel.current_statistics().tasks_living == before
+
+
+# --- start failures ----------------------------------------------------------------------
+
+
+async def test_missing_command() -> None:
+    with pytest.raises(ex.RunnerStartError, match="could not start"):
+        async with ex.open_runner(command=["/nonexistent/python"]):
+            pass  # pragma: no cover
+
+
+async def test_command_that_dies_at_start() -> None:
+    command = [
+        sys.executable,
+        "-c",
+        "import sys; sys.stderr.write('no runner here\\n'); sys.exit(3)",
+    ]
+    with pytest.raises(ex.RunnerStartError) as info:
+        async with ex.open_runner(command=command, stdio=True):
+            pass  # pragma: no cover
+    assert info.value.returncode == 3
+    assert "no runner here" in info.value.stderr_tail
+    assert "no runner here" in str(info.value)
+
+
+async def test_command_that_never_answers() -> None:
+    command = [sys.executable, "-c", "import time; time.sleep(60)"]
+    start = time.monotonic()
+    with pytest.raises(ex.RunnerStartError, match=r"handshake_timeout=0\.5"):
+        async with ex.open_runner(command=command, stdio=True, handshake_timeout=0.5):
+            pass  # pragma: no cover
+    assert time.monotonic() - start < 4
+
+
+async def test_command_that_talks_garbage() -> None:
+    command = [sys.executable, "-c", "import os; os.write(1, b'hello, I am not a runner\\n')"]
+    with pytest.raises(ex.RunnerStartError, match="handshake failed"):
+        async with ex.open_runner(command=command, stdio=True):
+            pass  # pragma: no cover

@@ -1,0 +1,151 @@
+"""Runner interrupts: cancel tight loops, sleeps, input waits and children; races."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from execpy_trio.protocol import Cancel, Done, InputRequest, Output
+from runner_client import RunnerClient, process_alive
+
+
+@pytest.fixture
+def client() -> Iterator[RunnerClient]:
+    c = RunnerClient()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def _cancel_after_start(client: RunnerClient, code: str, **fields: object) -> tuple[Done, float]:
+    op = client.start_exec(code + "\nprint('unreachable')", **fields)
+    first = client.recv(5)  # each snippet announces itself, so the code surely runs
+    if isinstance(first, InputRequest):
+        pass
+    else:
+        assert isinstance(first, Output) and first.data == b"started\n", first
+    t0 = time.monotonic()
+    client.send(Cancel(op))
+    events = []
+    while True:
+        ev = client.recv(5)
+        events.append(ev)
+        if isinstance(ev, Done):
+            assert ev.op == op
+            assert not any(isinstance(e, Output) and b"unreachable" in e.data for e in events)
+            return ev, time.monotonic() - t0
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "print('started')\nwhile True: pass",
+        "print('started')\nimport time\ntime.sleep(100)",
+        "print('started')\nimport subprocess\nsubprocess.run(['sleep', '100'])",
+        "print('started')\nimport threading\nthreading.Event().wait()",
+    ],
+    ids=["tight-loop", "sleep", "child", "event-wait"],
+)
+def test_cancel_interrupts(client: RunnerClient, code: str) -> None:
+    done, elapsed = _cancel_after_start(client, code)
+    assert done.status == "cancelled", done
+    assert done.error is not None and done.error["type"] == "KeyboardInterrupt"
+    assert "execpy_trio" not in done.error["traceback"]
+    assert elapsed < 2.0
+    assert client.exec("'alive'").value == "'alive'"
+
+
+def test_cancel_during_os_system(client: RunnerClient) -> None:
+    # os.system() ignores SIGINT while it waits, as in a terminal: the child dies of it,
+    # and the interrupt is delivered again once the main thread takes signals again.
+    op = client.start_exec(
+        "print('started')\nimport os\nos.system('sleep 100')\nimport time\ntime.sleep(100)"
+    )
+    assert isinstance(client.recv(5), Output)
+    t0 = time.monotonic()
+    client.send(Cancel(op))
+    result = client.collect(op)
+    assert result.status == "cancelled" and time.monotonic() - t0 < 2
+
+
+def test_cancel_a_pending_input(client: RunnerClient) -> None:
+    done, elapsed = _cancel_after_start(client, "x = input('?')", allow_stdin=True)
+    assert done.status == "cancelled" and elapsed < 2.0
+    # The abandoned request is not re-sent; the next op asks afresh.
+    r = client.exec("input('again')", allow_stdin=True, on_input=lambda req: "yes")
+    assert r.value == "'yes'"
+
+
+def test_namespace_survives_a_cancel(client: RunnerClient) -> None:
+    client.exec("kept = 41")
+    done, _ = _cancel_after_start(client, "print('started')\nkept += 1\nwhile True: pass")
+    assert done.status == "cancelled"
+    assert client.exec("kept").value == "42"
+
+
+def test_cancel_kills_children_started_by_the_op(client: RunnerClient) -> None:
+    op = client.start_exec(
+        "import subprocess\np = subprocess.Popen(['sleep', '100'])\nprint(p.pid, flush=True)\n"
+        "p.wait()"
+    )
+    out = client.recv(5)
+    assert isinstance(out, Output)
+    child = int(out.data)
+    client.send(Cancel(op))
+    done = client.collect(op).done
+    assert done is not None and done.status == "cancelled"
+    deadline = time.monotonic() + 3
+    while process_alive(child) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not process_alive(child)
+
+
+def test_cancel_during_finally_ends_in_exactly_one_done(client: RunnerClient) -> None:
+    op = client.start_exec(
+        "import time\ntry:\n    print('started', flush=True)\n    time.sleep(100)\n"
+        "finally:\n    print('cleanup', flush=True)\n    time.sleep(0.3)\n    print('end')"
+    )
+    assert client.recv(5) == Output(op, "stdout", b"started\n")
+    client.send(Cancel(op))
+    assert client.recv(5) == Output(op, "stdout", b"cleanup\n")
+    client.send(Cancel(op))  # lands in the finally's sleep
+    result = client.collect(op)
+    assert result.status == "cancelled"
+    assert b"end" not in result.stdout
+    client.send(Cancel(op))  # stale now: harmless
+    assert client.exec("1").value == "1"
+
+
+def test_code_that_swallows_the_interrupt_completes_ok(client: RunnerClient) -> None:
+    op = client.start_exec(
+        "import time\ntry:\n    print('started', flush=True)\n    time.sleep(100)\n"
+        "except KeyboardInterrupt:\n    outcome = 'caught'\noutcome"
+    )
+    client.recv(5)
+    client.send(Cancel(op))
+    result = client.collect(op)
+    assert result.status == "ok" and result.value == "'caught'"
+
+
+def test_cancel_racing_with_completion(client: RunnerClient) -> None:
+    # The cancel arrives before, during or after the code: always exactly one done, and
+    # the runner stays usable. A done must never be followed by another for the same op.
+    statuses: set[str] = set()
+    for i in range(200):
+        # From instant to ~16 ms: the I/O thread starts reading after 2-4 ms of an op.
+        op = client.start_exec(
+            f"import time\nx = {i}\nfor _ in range({(i % 3) * 5_000}): pass\n"
+            f"time.sleep({(i % 9) * 0.002})"
+        )
+        if i % 3:
+            time.sleep((i % 5) * 0.0002)
+        client.send(Cancel(op))
+        done = client.collect(op, timeout=5).done
+        assert done is not None and done.status in ("ok", "cancelled")
+        statuses.add(done.status)
+    r = client.exec("'still fine'")
+    assert r.value == "'still fine'" and len(r.events) == 1
+    assert statuses == {"ok", "cancelled"}

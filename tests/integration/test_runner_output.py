@@ -1,0 +1,149 @@
+"""Runner output capture: fd-level, ordered, streamed, bounded, robust to fd games."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from execpy_trio.protocol import Done, Output
+from runner_client import RunnerClient
+
+
+@pytest.fixture
+def client() -> Iterator[RunnerClient]:
+    c = RunnerClient()
+    try:
+        yield c
+    finally:
+        c.close()
+
+
+def test_interleaved_print_os_write_and_children_keep_order(client: RunnerClient) -> None:
+    code = """
+import os, subprocess, sys
+for i in range(20):
+    print(f"print {i}")
+    os.write(1, f"write {i}\\n".encode())
+    subprocess.run(["echo", f"child {i}"])
+    sys.stdout.write(f"sys {i}\\n")
+    print(f"err {i}", file=sys.stderr)
+    subprocess.run(["sh", "-c", f"echo childerr {i} >&2"])
+"""
+    r = client.exec(code, timeout=30)
+    assert r.status == "ok", r.done
+    expected_out = "".join(f"print {i}\nwrite {i}\nchild {i}\nsys {i}\n" for i in range(20))
+    expected_err = "".join(f"err {i}\nchilderr {i}\n" for i in range(20))
+    assert r.stdout.decode() == expected_out
+    assert r.stderr.decode() == expected_err
+
+
+def test_partial_line_is_flushed_before_done(client: RunnerClient) -> None:
+    r = client.exec("import sys\nprint('no newline', end='')\nsys.stderr.write('e')")
+    assert (r.stdout, r.stderr) == (b"no newline", b"e")
+
+
+def test_output_streams_before_the_op_ends(client: RunnerClient) -> None:
+    op = client.start_exec("import time\nprint('early')\ntime.sleep(0.5)\nprint('late')")
+    first = client.recv(3)
+    assert isinstance(first, Output) and first.data == b"early\n"
+    rest = client.collect(op)
+    assert rest.stdout == b"late\n" and rest.status == "ok"
+
+
+def test_binary_and_utf8_output(client: RunnerClient) -> None:
+    r = client.exec("import os\nos.write(1, bytes(range(256)))\nprint('h\u00e9llo \u2603')")
+    assert r.stdout == bytes(range(256)) + "h\u00e9llo \u2603\n".encode()
+
+
+def test_chunks_are_bounded_by_64k_and_the_peer_limit() -> None:
+    c = RunnerClient(max_frame=64 * 1024)
+    try:
+        r = c.exec("import os\nos.write(1, b'x' * 1_000_000)", timeout=30)
+        outputs = [e for e in r.events if isinstance(e, Output)]
+        assert sum(len(e.data) for e in outputs) == 1_000_000
+        assert max(len(e.data) for e in outputs) <= 64 * 1024 - 64
+    finally:
+        c.close()
+
+
+def test_child_holding_the_pipe_does_not_stall_done(client: RunnerClient) -> None:
+    # A background child keeps fd 1 open and keeps writing after the code finished.
+    code = (
+        "import subprocess\n"
+        "p = subprocess.Popen(['sh', '-c', 'while true; do echo tick; sleep 0.01; done'])\n"
+        "print('started')"
+    )
+    t0 = time.monotonic()
+    r = client.exec(code)
+    assert r.status == "ok" and r.stdout.startswith(b"started\n")
+    assert time.monotonic() - t0 < 3
+    r = client.exec("p.kill(); p.wait()")
+    assert r.status == "ok"
+
+
+@pytest.mark.parametrize("fd", [0, 1, 2])
+def test_user_code_closing_fds_leaves_the_protocol_alone(client: RunnerClient, fd: int) -> None:
+    r = client.exec(f"import os\nos.close({fd})\n'closed'")
+    assert r.status == "ok" and r.value == "'closed'"
+    # Later ops get their fds back: output is captured again, stdin is still EOF.
+    r = client.exec("import os, sys\nprint('back')\nos.write(2, b'err')\nos.read(0, 10)")
+    assert (r.status, r.stdout, r.stderr, r.value) == ("ok", b"back\n", b"err", "b''")
+
+
+def test_closing_sys_stdout_is_repaired_next_op(client: RunnerClient) -> None:
+    r = client.exec("import sys\nsys.stdout.close()")
+    assert r.status == "ok"
+    assert client.exec("print('again')").stdout == b"again\n"
+
+
+def test_writing_to_fds_1_and_2_cannot_corrupt_the_channel(client: RunnerClient) -> None:
+    fake_frame = b"\x00\x00\x00\x05\x81\xa4kind"
+    r = client.exec(f"import os\nos.write(1, {fake_frame!r})\nos.write(2, {fake_frame!r})")
+    assert r.stdout == fake_frame and r.stderr == fake_frame
+    assert client.exec("1").value == "1"
+
+
+def test_output_written_while_idle_goes_with_the_next_op(client: RunnerClient) -> None:
+    client.exec("import threading, time\nthreading.Timer(0.2, print, ['from timer']).start()")
+    time.sleep(0.5)
+    r = client.exec("'x'")
+    assert r.stdout == b"from timer\n"
+
+
+def _rss_kib(pid: int) -> int:
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def test_200_mb_of_output_with_a_slow_reader_keeps_memory_bounded(client: RunnerClient) -> None:
+    total = 200 * 1024 * 1024
+    op = client.start_exec(
+        f"import os\nb = b'y' * 65536\nfor _ in range({total // 65536}):\n    os.write(1, b)"
+    )
+    time.sleep(0.5)  # the reader is slow: the runner must block, not buffer
+    rss_stalled = _rss_kib(client.pid)
+    ours_before = _rss_kib(__import__("os").getpid())
+    received = 0
+    samples = []
+    deadline = time.monotonic() + 60
+    while True:
+        ev = client.recv(deadline - time.monotonic())
+        if isinstance(ev, Output):
+            received += len(ev.data)
+            if received % (16 * 1024 * 1024) < 65536:
+                samples.append(_rss_kib(client.pid))
+                time.sleep(0.05)  # stay slow now and then
+            continue
+        assert isinstance(ev, Done) and ev.op == op and ev.status == "ok", ev
+        break
+    assert received == total
+    ours_after = _rss_kib(__import__("os").getpid())
+    # The runner holds at most a pipe and a chunk or two, never the output.
+    assert rss_stalled < 60 * 1024, rss_stalled
+    assert max(samples) < 60 * 1024, samples
+    assert ours_after - ours_before < 50 * 1024

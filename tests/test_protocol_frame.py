@@ -1,0 +1,269 @@
+"""The frame codec: bounded, linear, and "a value or RemoteProtocolError, nothing else"."""
+
+from __future__ import annotations
+
+import itertools
+import struct
+from typing import Any
+
+import msgpack
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from execpy_trio.protocol import (
+    HANDSHAKE_MAX_FRAME,
+    NEED_DATA,
+    Connection,
+    ConnectionClosed,
+    FrameDecoder,
+    LocalProtocolError,
+    Message,
+    RemoteProtocolError,
+    frame,
+    pack_body,
+    unpack_body,
+)
+
+
+def framed(value: Any) -> bytes:
+    return frame(pack_body(value))
+
+
+def drain(decoder: FrameDecoder) -> list[Any]:
+    out = []
+    while (value := decoder.next_value()) is not NEED_DATA:
+        out.append(value)
+    return out
+
+
+def chunked(data: bytes, cuts: list[int]) -> list[bytes]:
+    points = sorted({c % (len(data) + 1) for c in cuts} | {0, len(data)})
+    return [data[a:b] for a, b in itertools.pairwise(points)]
+
+
+# --- the invariant on arbitrary bytes ----------------------------------------------------
+
+# Mostly small length headers, so that random bodies actually get decoded, plus raw noise.
+small_frames = st.lists(
+    st.binary(max_size=40).map(lambda b: struct.pack(">I", len(b)) + b), max_size=6
+).map(b"".join)
+garbage = st.one_of(
+    st.binary(max_size=200),
+    small_frames,
+    st.tuples(small_frames, st.binary(max_size=20)).map(b"".join),
+)
+
+
+def run_decoder(pieces: list[bytes]) -> list[Any] | RemoteProtocolError:
+    decoder = FrameDecoder()
+    values: list[Any] = []
+    try:
+        for piece in pieces:
+            decoder.feed(piece)
+            values.extend(drain(decoder))
+            # Never more than one frame (its header and at most the limit) is held.
+            assert decoder.buffered <= 4 + HANDSHAKE_MAX_FRAME + len(piece)
+    except RemoteProtocolError as exc:
+        return exc
+    return values
+
+
+def _same_outcome(a: list[Any] | RemoteProtocolError, b: list[Any] | RemoteProtocolError) -> None:
+    if isinstance(a, RemoteProtocolError):
+        assert isinstance(b, RemoteProtocolError)
+        assert a.error_code == b.error_code
+    else:
+        assert a == b
+
+
+@given(garbage, st.lists(st.integers(min_value=0, max_value=10_000), max_size=10))
+def test_decoder_yields_values_or_remote_error_in_any_chunking(
+    data: bytes, cuts: list[int]
+) -> None:
+    whole = run_decoder([data])
+    byte_by_byte = run_decoder([data[i : i + 1] for i in range(len(data))])
+    random_chunks = run_decoder(chunked(data, cuts))
+    _same_outcome(whole, byte_by_byte)
+    _same_outcome(whole, random_chunks)
+    # Feeding bytearray and memoryview (copied, not borrowed) gives the same result too.
+    _same_outcome(whole, run_decoder([bytearray(p) for p in chunked(data, cuts)]))
+    _same_outcome(whole, run_decoder([memoryview(p) for p in chunked(data, cuts)]))
+
+
+@given(garbage, st.lists(st.integers(min_value=0, max_value=10_000), max_size=10))
+def test_connection_yields_messages_or_remote_error(data: bytes, cuts: list[int]) -> None:
+    for role in ("client", "runner"):
+        for established in (False, True):
+            conn = Connection(role)
+            if established:
+                # Straight into IDLE so that any message kind can be judged by the machine.
+                conn.state = "IDLE"
+            try:
+                for piece in [*chunked(data, cuts), b""]:
+                    conn.receive_data(piece)
+                    for _ in range(len(data) + 2):  # bounded: never spins
+                        event = conn.next_event()
+                        if event is NEED_DATA or isinstance(event, ConnectionClosed):
+                            break
+                        assert isinstance(event, Message)
+                    else:
+                        pytest.fail("next_event produced more events than there are bytes")
+            except RemoteProtocolError:
+                assert conn.state == "ERROR"
+                with pytest.raises(RemoteProtocolError):
+                    conn.next_event()
+
+
+# --- bounded memory ------------------------------------------------------------------------
+
+
+def test_announced_4gib_frame_is_refused_after_its_header() -> None:
+    decoder = FrameDecoder(2**32 - 1 - 1)
+    decoder.feed(b"\xff\xff\xff")
+    assert decoder.next_value() is NEED_DATA
+    decoder.feed(b"\xff")
+    with pytest.raises(RemoteProtocolError) as info:
+        decoder.next_value()
+    assert info.value.error_code == "frame-too-large"
+    assert decoder.buffered == 4
+
+
+def test_body_of_an_oversized_frame_is_never_buffered() -> None:
+    conn = Connection("runner")
+    conn.receive_data(struct.pack(">I", HANDSHAKE_MAX_FRAME + 1))
+    with pytest.raises(RemoteProtocolError) as info:
+        conn.next_event()
+    assert info.value.error_code == "frame-too-large"
+    assert "65537" in str(info.value) and "65536" in str(info.value)
+    assert conn.state == "ERROR"
+
+
+def test_frame_at_the_limit_is_accepted() -> None:
+    body = pack_body({"kind": "x", "pad": b"\x00" * (HANDSHAKE_MAX_FRAME - 30)})
+    body = pack_body(
+        {
+            "kind": "x",
+            "pad": b"\x00" * (HANDSHAKE_MAX_FRAME - 30 + (HANDSHAKE_MAX_FRAME - len(body))),
+        }
+    )
+    assert len(body) == HANDSHAKE_MAX_FRAME
+    decoder = FrameDecoder()
+    decoder.feed(frame(body))
+    assert drain(decoder)[0]["kind"] == "x"
+
+
+def test_raising_the_limit_applies_to_the_next_header() -> None:
+    data = framed({"kind": "x", "pad": b"\x00" * 70_000})
+    decoder = FrameDecoder()
+    decoder.max_frame = 100_000
+    decoder.feed(data)
+    assert len(drain(decoder)) == 1
+
+
+# --- linear work, deterministically ------------------------------------------------------
+
+
+class CountingBuffer(bytearray):
+    """A bytearray that counts the bytes it moves: appended, and shifted by deletions."""
+
+    moved = 0
+
+    def __iadd__(self, other: Any) -> CountingBuffer:  # type: ignore[override]
+        self.moved += len(other)
+        return super().__iadd__(other)  # type: ignore[return-value]
+
+    def __delitem__(self, key: Any) -> None:
+        if isinstance(key, slice):
+            _start, stop, _ = key.indices(len(self))
+            self.moved += len(self) - stop  # the tail is shifted down
+        super().__delitem__(key)
+
+    def __getitem__(self, key: Any) -> Any:
+        if isinstance(key, slice):
+            start, stop, _ = key.indices(len(self))
+            self.moved += max(0, stop - start)
+        return super().__getitem__(key)
+
+
+def _feed_counting(pieces: list[bytes]) -> tuple[int, int]:
+    decoder = FrameDecoder(2**32 - 1)
+    buf = CountingBuffer()
+    decoder._buf = buf  # white box: count the decoder's own copies
+    values = 0
+    total = 0
+    for piece in pieces:
+        total += len(piece)
+        decoder.feed(piece)
+        values += len(drain(decoder))
+    assert decoder.buffered == 0
+    return buf.moved, values
+
+
+@pytest.mark.parametrize("piece", [1, 3, 1000])
+def test_one_big_frame_in_small_pieces_is_linear(piece: int) -> None:
+    data = framed({"kind": "output", "data": b"\x01" * 300_000})
+    moved, values = _feed_counting([data[i : i + piece] for i in range(0, len(data), piece)])
+    assert values == 1
+    assert moved <= 2 * len(data)  # each byte is appended once, plus at most one compaction
+
+
+@pytest.mark.parametrize("piece", [1, 7, 4093])
+def test_many_small_frames_in_pieces_is_linear(piece: int) -> None:
+    data = b"".join(framed({"kind": "ping", "token": i}) for i in range(30_000))
+    moved, values = _feed_counting([data[i : i + piece] for i in range(0, len(data), piece)])
+    assert values == 30_000
+    assert moved <= 3 * len(data)
+
+
+def test_frames_in_one_chunk_are_decoded_without_copying() -> None:
+    data = b"".join(framed({"kind": "ping", "token": i}) for i in range(1000))
+    moved, values = _feed_counting([data])
+    assert values == 1000
+    assert moved == 0
+
+
+def test_a_frame_split_across_chunks_copies_only_its_tail() -> None:
+    one = framed({"kind": "ping", "token": 1})
+    moved, values = _feed_counting([one * 100 + one[:5], one[5:] + one * 100])
+    assert values == 201
+    assert moved <= 2 * len(one) + len(one) * 100  # the split frame, and the second chunk
+
+
+# --- encoding --------------------------------------------------------------------------------
+
+
+def test_pack_body_refuses_what_msgpack_cannot_carry() -> None:
+    for bad in (object(), 2**64, {1.5j}):
+        with pytest.raises(LocalProtocolError):
+            pack_body(bad)
+
+
+@pytest.mark.parametrize(
+    ("body", "code"),
+    [
+        (b"", "bad-frame"),
+        (b"\xc1", "bad-frame"),
+        (b"\x80\xc0", "bad-frame"),  # trailing bytes
+        (b"\x81\xa1k", "bad-frame"),  # ends early
+        (b"\xd4\x05\x00", "bad-frame"),  # ext type 5
+        (b"\x91" * 5000 + b"\x01", "bad-frame"),  # nested deeper than msgpack's stack
+    ],
+)
+def test_unpack_body_errors_are_remote_protocol_errors(body: bytes, code: str) -> None:
+    with pytest.raises(RemoteProtocolError) as info:
+        unpack_body(body)
+    assert info.value.error_code == code
+
+
+def test_decoding_an_ordinary_stream_keeps_order_and_types() -> None:
+    values = [{"kind": "a", "n": i, "b": bytes([i % 256]) * i, "s": "é" * i} for i in range(300)]
+    data = b"".join(framed(v) for v in values)
+    for cuts in ([], list(range(0, len(data), 97)), list(range(0, len(data), 65_537))):
+        decoder = FrameDecoder(2**32 - 1)
+        out: list[Any] = []
+        for piece in chunked(data, cuts):
+            decoder.feed(piece)
+            out.extend(drain(decoder))
+        assert out == values
+    assert msgpack.unpackb(data[4 : 4 + struct.unpack(">I", data[:4])[0]]) == values[0]

@@ -1,0 +1,230 @@
+"""Unit tests of the transport: states, routing, backpressure, frame log, failures."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+import execpy_trio.protocol as P
+from execpy_trio._transport import (
+    BROKEN,
+    CLOSED,
+    OPEN,
+    PeerClosed,
+    Transport,
+    TransportBroken,
+)
+
+WELCOME = P.Welcome((1, 0), "fake", "0", "python", "3.11", 7, P.DEFAULT_MAX_FRAME)
+HELLO = P.Hello((1, 0), "test", "0", P.DEFAULT_MAX_FRAME)
+
+
+class Peer:
+    """The runner end: a real runner-role Connection over the other stream."""
+
+    def __init__(self, stream: trio.abc.Stream) -> None:
+        self.stream = stream
+        self.conn = P.Connection("runner")
+
+    async def receive(self) -> P.Message | P.ConnectionClosed:
+        while True:
+            event = self.conn.next_event()
+            if event is not P.NEED_DATA:
+                return event  # type: ignore[no-any-return]
+            self.conn.receive_data(await self.stream.receive_some(65536))
+
+    async def send(self, msg: P.Message) -> None:
+        await self.stream.send_all(self.conn.send(msg))
+
+
+@asynccontextmanager
+async def connected(
+    *, lockstep: bool = False, **options: float
+) -> AsyncIterator[tuple[Transport, Peer, trio.Nursery]]:
+    if lockstep:
+        a, b = trio.testing.lockstep_stream_pair()
+    else:
+        a, b = trio.testing.memory_stream_pair()
+    transport = Transport(a, **options)  # type: ignore[arg-type]
+    peer = Peer(b)
+    async with trio.open_nursery() as nursery:
+
+        async def peer_handshake() -> None:
+            assert type(await peer.receive()) is P.Hello
+            await peer.send(WELCOME)
+
+        nursery.start_soon(peer_handshake)
+        assert await transport.handshake(HELLO) == WELCOME
+        nursery.start_soon(transport.run_reader)
+        try:
+            yield transport, peer, nursery
+        finally:
+            await transport.aclose()
+            await b.aclose()
+
+
+async def test_routes_op_messages_to_their_channel() -> None:
+    async with connected() as (t, peer, _):
+        channel = t.open_op(1)
+        await t.send(P.Exec(1, "print(1)"))
+        assert type(await peer.receive()) is P.Exec
+        await peer.send(P.Output(1, "stdout", b"1\n"))
+        await peer.send(P.Done(1, "ok"))
+        got = [msg async for msg in channel]  # the channel ends after done
+        assert got == [P.Output(1, "stdout", b"1\n"), P.Done(1, "ok")]
+        stats = t.statistics()
+        assert stats.state == OPEN and stats.ops_open == 0
+        assert stats.frames_sent == 2 and stats.frames_received == 3  # welcome too
+
+
+async def test_close_is_closed_resource_error() -> None:
+    async with connected() as (t, _peer, _):
+        channel = t.open_op(1)
+        await t.aclose()
+        await t.aclose()  # idempotent
+        assert t.state == CLOSED and t.failure is None
+        with pytest.raises(trio.EndOfChannel):
+            await channel.receive()
+        with pytest.raises(trio.ClosedResourceError, match="this side closed"):
+            await t.send(P.Ping(1))
+        with pytest.raises(trio.ClosedResourceError):
+            t.open_op(2)
+        with trio.fail_after(1):
+            await t.reader_done.wait()
+
+
+async def test_peer_eof_breaks_it() -> None:
+    async with connected() as (t, peer, _):
+        channel = t.open_op(1)
+        await t.send(P.Exec(1, "x"))
+        await peer.stream.aclose()
+        with pytest.raises(trio.EndOfChannel):
+            await channel.receive()
+        assert t.state == BROKEN
+        assert isinstance(t.failure, PeerClosed) and not t.failure.clean
+        with pytest.raises(TransportBroken, match="broken") as info:
+            await t.send(P.Ping(1))
+        assert info.value.cause is t.failure
+
+
+async def test_garbage_breaks_it_and_tells_the_peer() -> None:
+    async with connected() as (t, peer, _):
+        await peer.stream.send_all(b"\x00\x00\x00\x02\x91\xc1")
+        with trio.fail_after(1):
+            await t.reader_done.wait()
+        assert t.state == BROKEN
+        assert isinstance(t.failure, P.RemoteProtocolError)
+        msg = await peer.receive()
+        assert type(msg) is P.Error and msg.fatal and msg.code == "bad-frame"
+
+
+async def test_oversized_frame_before_handshake_is_refused_unread() -> None:
+    a, b = trio.testing.memory_stream_pair()
+    t = Transport(a)
+    async with b:
+        await b.send_all(b"\x7f\xff\xff\xff")  # announces a 2 GiB frame, sends nothing more
+        with pytest.raises(P.RemoteProtocolError, match="over the limit"):
+            await t.handshake(HELLO)
+        assert t.state == BROKEN
+        await t.aclose()
+
+
+async def test_ping_pong_and_ping_woken_by_break() -> None:
+    async with connected() as (t, peer, nursery):
+
+        async def answer_one() -> None:
+            ping = await peer.receive()
+            assert type(ping) is P.Ping
+            await peer.send(P.Pong(ping.token))
+
+        nursery.start_soon(answer_one)
+        with trio.fail_after(1):
+            assert await t.ping() >= 0
+
+        async def break_it() -> None:
+            assert type(await peer.receive()) is P.Ping
+            await peer.stream.aclose()
+
+        nursery.start_soon(break_it)
+        with pytest.raises(TransportBroken), trio.fail_after(1):
+            await t.ping()
+
+
+async def test_backpressure_stops_the_reader(autojump_clock: trio.abc.Clock) -> None:
+    async with connected(op_buffer=2) as (t, peer, nursery):
+        channel = t.open_op(1)
+
+        async def flood() -> None:
+            assert type(await peer.receive()) is P.Exec
+            for _ in range(50):
+                await peer.send(P.Output(1, "stdout", b"x"))
+            await peer.send(P.Done(1, "ok"))
+
+        nursery.start_soon(flood)
+        await t.send(P.Exec(1, "flood"))
+        await trio.sleep(10)
+        # The welcome, 2 in the channel, 1 held by the blocked reader: it stopped reading.
+        assert t.statistics().frames_received == 4
+        # Writes do not depend on the reader: a cancel still goes out.
+        with trio.fail_after(1):
+            await t.send(P.Cancel(1))
+        assert type(await peer.receive()) is P.Cancel
+        got = [msg async for msg in channel]
+        assert len(got) == 51 and type(got[-1]) is P.Done
+
+
+async def test_send_timeout_breaks_it(autojump_clock: trio.abc.Clock) -> None:
+    async with connected(lockstep=True, send_timeout=3) as (t, _peer, _):
+        start = trio.current_time()
+        with pytest.raises(TransportBroken, match="not reading"):
+            await t.send(P.Ping(1))  # the peer never reads
+        assert trio.current_time() - start == pytest.approx(3)
+        assert t.state == BROKEN
+
+
+async def test_send_is_not_interrupted_by_cancel() -> None:
+    async with connected(lockstep=True) as (t, peer, nursery):
+        got: list[object] = []
+
+        async def slow_reader() -> None:
+            await trio.sleep(0.05)
+            got.append(await peer.receive())
+
+        nursery.start_soon(slow_reader)
+        with trio.move_on_after(0.01):
+            await t.send(P.Ping(5))
+        # The frame went out whole although the scope expired during the write.
+        await trio.sleep(0.1)
+        assert got == [P.Ping(5)]
+        assert t.state == OPEN
+
+
+async def test_local_protocol_error_sends_nothing() -> None:
+    async with connected() as (t, _peer, _):
+        with pytest.raises(P.LocalProtocolError):
+            await t.send(P.Cancel(99))  # no such op
+        assert t.state == OPEN
+
+
+async def test_frame_log(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.DEBUG, logger="execpy_trio.frames"):
+        async with connected() as (t, peer, _):
+            await t.send(P.Ping(3))
+            assert type(await peer.receive()) is P.Ping
+    lines = [r.getMessage() for r in caplog.records if r.name == "execpy_trio.frames"]
+    assert lines[0].startswith("send Hello(")
+    assert lines[1].startswith("recv Welcome(")
+    assert lines[2] == "send Ping(token=3)"
+
+
+async def test_frame_log_off_by_default(caplog: pytest.LogCaptureFixture) -> None:
+    with caplog.at_level(logging.INFO):
+        async with connected() as (t, peer, _):
+            await t.send(P.Ping(3))
+            await peer.receive()
+    assert not [r for r in caplog.records if r.name == "execpy_trio.frames"]
