@@ -20,6 +20,10 @@ messages cross on the wire:
   while the client was sending): ignored;
 * an ``exec`` or ``eval`` sent while another op runs: the runner must answer it with a
   non-fatal ``error`` naming that op (code ``busy``); both sides track such ops until then.
+  The client cannot be sure, though: if the running op's ``done`` crossed its request, the
+  runner was idle when the request arrived and accepted it. So on the client's side, the
+  runner's first ``output``, ``input_request`` or ``done`` for such an op, arriving while
+  no op is in flight, makes it the op in flight (the runner may not do this on its side).
 
 ERROR is permanent. CLOSED is reached when the peer's byte stream ends.
 """
