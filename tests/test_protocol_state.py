@@ -622,6 +622,8 @@ class Model:
         if kind in ("exec", "eval"):
             if state == S.CLOSING or op <= self.last:
                 return False
+            if state == S.IDLE and self.rejecting:
+                return False  # unanswered ops: the runner may be running one of them
             self.last = op
             if state == S.IDLE:
                 self.state, self.op, self.op_state = S.BUSY, op, S.STARTED
@@ -639,6 +641,8 @@ class Model:
             return True
         # Op-scoped.
         if op != self.op:
+            if kind == "input_reply" and op in self.rejecting:
+                return False  # no input was asked for an op not yet answered
             return kind in ("cancel", "input_reply") and op <= self.last
         if kind == "cancel":
             return True
@@ -828,3 +832,132 @@ def test_output_frames_for_several_ops_and_streams_on_one_connection() -> None:
             for size in (1, 300, 70_000):
                 deliver(runner, client, Output(op, stream, stream.encode() * size))
         deliver(runner, client, Done(op, "ok"))
+
+
+class CrossingPair(RuleBasedStateMachine):
+    """Frames cross on the wire: each side sends whatever its own machine allows, and
+    frames are delivered later, in order. Traffic that the sender's machine allows must
+    never be refused by the receiver's: that is what makes crossings harmless."""
+
+    @initialize()
+    def begin(self) -> None:
+        self.client, self.runner = handshaken()
+        self.to_runner: list[tuple[bytes, Message]] = []
+        self.to_client: list[tuple[bytes, Message]] = []
+
+    def _send(self, sender: str, key: str, which: str) -> None:
+        conn = conn_of(self.client, self.runner, sender)
+        op = {
+            "current": conn.current_op or conn.last_op or 1,
+            "rejecting": min(conn.rejecting, default=conn.last_op or 1),
+            "last": conn.last_op or 1,
+            "next": conn.last_op + 1,
+        }[which]
+        msg = make(key, op=op)
+        try:
+            data = conn.send(msg)
+        except LocalProtocolError:
+            return
+        (self.to_runner if sender == CLIENT else self.to_client).append((data, msg))
+
+    @rule(
+        key=st.sampled_from(["exec", "eval", "input_reply", "cancel", "ping", "shutdown"]),
+        which=st.sampled_from(["current", "rejecting", "last", "next"]),
+    )
+    def client_sends(self, key: str, which: str) -> None:
+        self._send(CLIENT, key, which)
+
+    @rule(
+        key=st.sampled_from(["output", "input_request", "done", "pong", S.ERROR_REJECT]),
+        which=st.sampled_from(["current", "rejecting", "last", "next"]),
+    )
+    def runner_sends(self, key: str, which: str) -> None:
+        self._send(RUNNER, key, which)
+
+    def _deliver(self, queue: list[tuple[bytes, Message]], conn: Connection) -> None:
+        data, msg = queue.pop(0)
+        conn.receive_data(data)
+        assert conn.next_event() == msg  # never a RemoteProtocolError
+        assert conn.next_event() is NEED_DATA
+
+    @precondition(lambda self: bool(self.to_runner))
+    @rule()
+    def deliver_to_runner(self) -> None:
+        self._deliver(self.to_runner, self.runner)
+
+    @precondition(lambda self: bool(self.to_client))
+    @rule()
+    def deliver_to_client(self) -> None:
+        self._deliver(self.to_client, self.client)
+
+    @invariant()
+    def settled_sides_agree(self) -> None:
+        if not hasattr(self, "client") or self.to_runner or self.to_client:
+            return
+        if self.client.rejecting:
+            # The client cannot know yet whether the runner accepted these ops.
+            return
+        assert shared(self.client) == shared(self.runner)
+
+
+TestCrossingPair = CrossingPair.TestCase
+
+
+def test_client_may_not_open_an_op_while_earlier_ones_are_unanswered() -> None:
+    # After op 1's done the client has op 2 unanswered: the runner may have accepted it
+    # (if it arrived after the done) and be running it, so op 3 could be either.
+    client, runner = situation("busy-running")
+    deliver(client, runner, Exec(2, "y"))
+    deliver(runner, client, Done(1, "ok"))
+    before = snapshot(client)
+    with pytest.raises(LocalProtocolError) as info:
+        client.send(Exec(3, "z"))
+    assert "[2]" in str(info.value) and "op 3" in str(info.value)
+    assert snapshot(client) == before
+    deliver(client, runner, Ping(1))  # everything else is still allowed
+    deliver(runner, client, Error("busy", "op 1 was running", op=2))
+    deliver(client, runner, Exec(3, "z"))
+    assert shared(client) == shared(runner) == (S.BUSY, 3, S.STARTED, 3, frozenset())
+
+
+def test_ops_sent_while_busy_are_resolved_in_any_order_of_answers() -> None:
+    client, runner = situation("busy-running")
+    deliver(client, runner, Exec(2, "y"))
+    deliver(client, runner, Eval(3, "z"))  # still busy in the client's view: allowed
+    assert client.rejecting == runner.rejecting == {2, 3}
+    deliver(runner, client, Error("busy", "b", op=3))
+    deliver(runner, client, Done(1, "ok"))
+    deliver(runner, client, Error("busy", "b", op=2))
+    assert shared(client) == shared(runner) == (S.IDLE, None, None, 3, frozenset())
+
+
+def test_input_reply_for_an_unanswered_op_is_not_stale() -> None:
+    client, runner = situation("busy-running")
+    deliver(client, runner, Exec(2, "y"))
+    with pytest.raises(LocalProtocolError) as info:
+        client.send(InputReply(2, "x"))  # no input_request for op 2 was seen
+    assert info.value.error_code == "unknown-op"
+    runner.receive_data(frame(pack_body(InputReply(2, "x").to_wire())))
+    with pytest.raises(RemoteProtocolError) as remote:
+        runner.next_event()
+    assert remote.value.error_code == "unknown-op"
+    # A cancel for it is fine: the runner may be running it by the time it arrives.
+    client2, runner2 = situation("busy-running")
+    deliver(client2, runner2, Exec(2, "y"))
+    deliver(client2, runner2, Cancel(2))
+
+
+def test_big_output_frames_take_the_decoders_shortcut() -> None:
+    client, runner = situation("busy-running")
+    reader = client._decoder.fast_path
+    assert reader is not None
+    answers: list[object] = []
+
+    def spy(buf: bytes | bytearray, start: int, stop: int) -> object:
+        answers.append(reader(buf, start, stop))
+        return answers[-1]
+
+    client._decoder.fast_path = spy
+    deliver(runner, client, Output(1, "stderr", b"e" * 3000))
+    deliver(runner, client, Output(1, "stderr", b"e" * 100))  # small: not offered
+    assert len(answers) == 1 and answers[0] == Output(1, "stderr", b"e" * 3000)

@@ -17,12 +17,14 @@ from execpy_trio.protocol import (
     Connection,
     ConnectionClosed,
     FrameDecoder,
+    Output,
     RemoteProtocolError,
     UnknownMessage,
     frame,
     message_from_wire,
     pack_body,
 )
+from execpy_trio.protocol._messages import OutputReader
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 
@@ -166,6 +168,25 @@ def test_oversized_frame_is_refused_from_the_header_alone() -> None:
         conn.next_event()
     assert info.value.error_code == "frame-too-large"
     assert "4294967295" in str(info.value)
+
+
+def test_valid_vectors_through_the_connections_decoder() -> None:
+    # The connection's decoder reads big output frames without msgpack (OutputReader).
+    stream = b"".join(bytes.fromhex(v["hex"]) for v in VALID)
+    expected = [message_from_wire(gen.from_json(v["message"])) for v in VALID]
+    for chunk in (None, 4093):
+        decoder = FrameDecoder(2**32 - 1, OutputReader())
+        got = []
+        pieces = (
+            [stream]
+            if chunk is None
+            else [stream[i : i + chunk] for i in range(0, len(stream), chunk)]
+        )
+        for piece in pieces:
+            decoder.feed(piece)
+            while (value := decoder.next_value()) is not NEED_DATA:
+                got.append(value if isinstance(value, Output) else message_from_wire(value))
+        assert got == expected
 
 
 def test_valid_vectors_back_to_back_in_one_stream() -> None:

@@ -35,6 +35,7 @@ from ._messages import (
     Hello,
     Message,
     Output,
+    OutputReader,
     UnknownMessage,
     Welcome,
     checked_wire,
@@ -116,7 +117,7 @@ class Connection:
         self.rejecting: set[int] = set()
         self.peer_hello: Hello | None = None
         self.peer_welcome: Welcome | None = None
-        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+        self._decoder = FrameDecoder(HANDSHAKE_MAX_FRAME, OutputReader())
         # One packer per connection (not per frame: creating one costs more than packing a
         # small message). Sends are serialised by the caller, as the state requires anyway.
         self._pack = msgpack.Packer(use_bin_type=True).pack
@@ -243,7 +244,8 @@ class Connection:
                 if self._eof:
                     return self._closed()
                 return NEED_DATA
-            msg = message_from_wire(value)
+            # The decoder's fast path hands out big output messages ready-made.
+            msg = value if type(value) is Output else message_from_wire(value)
             if type(msg) is UnknownMessage:
                 if self.state not in (S.IDLE, S.BUSY, S.CLOSING):
                     raise RemoteProtocolError(
@@ -315,6 +317,7 @@ class Connection:
             and sender == CLIENT
             and self.state == S.IDLE
             and msg.op > self.last_op  # type: ignore[attr-defined]
+            and not self.rejecting
         ):
             # Hot path: (IDLE, client, exec|eval) opens an op, as in the tables.
             self.state = S.BUSY
@@ -338,6 +341,16 @@ class Connection:
                     f"op id {op} is not greater than the last op id {self.last_op}; "
                     "op ids must increase on each connection",
                     error_code="bad-op-id",
+                )
+            if action is S.OPENS_OP and self.rejecting and self.our_role == CLIENT:
+                # The runner may have accepted one of these (see _state), so the client
+                # cannot tell whether the runner is idle: this op could be either.
+                raise ProtocolError(
+                    f"the client may not open op {op} yet: the runner has not answered "
+                    f"op(s) {sorted(self.rejecting)}, sent while another op was running, "
+                    "and may be running one of them (connection state "
+                    f"{self.state}); wait for its answer",
+                    error_code="unexpected-message",
                 )
             if action is S.MUST_REJECT:
                 self.rejecting.add(op)
@@ -366,8 +379,15 @@ class Connection:
                     op_state = S.STARTED
                     if next_state == S.IDLE:
                         next_state = S.BUSY
-                elif sender == CLIENT and msg.KIND in S.STALE_OK and op <= self.last_op:
-                    return  # crossed with the op's completion: harmless
+                elif (
+                    sender == CLIENT
+                    and msg.KIND in S.STALE_OK
+                    and op <= self.last_op
+                    and not (msg.KIND == "input_reply" and op in self.rejecting)
+                ):
+                    # Crossed with the op's completion: harmless. (An op still awaiting
+                    # the runner's answer has asked for no input: a reply is not stale.)
+                    return
                 else:
                     raise ProtocolError(
                         f"{sender} sent {msg.KIND!r} naming op {op}, but the op in flight is "

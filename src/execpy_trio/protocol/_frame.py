@@ -19,6 +19,7 @@ from ._errors import LocalProtocolError, RemoteProtocolError
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
+    from collections.abc import Callable
     from typing import Any
 
 HEADER = struct.Struct(">I")
@@ -83,15 +84,24 @@ class FrameDecoder:
     is unusable: the caller must close the connection.
     """
 
-    __slots__ = ("_buf", "_chunk", "_chunk_pos", "_pos", "max_frame")
+    __slots__ = ("_buf", "_chunk", "_chunk_pos", "_pos", "fast_path", "max_frame")
 
-    def __init__(self, max_frame: int = HANDSHAKE_MAX_FRAME) -> None:
+    def __init__(
+        self,
+        max_frame: int = HANDSHAKE_MAX_FRAME,
+        fast_path: Callable[[bytes | bytearray, int, int], Any] | None = None,
+    ) -> None:
         self._buf = bytearray()
         self._pos = 0
         # An immutable chunk fed while nothing was buffered is decoded in place (no copy).
         self._chunk: bytes | None = None
         self._chunk_pos = 0
         self.max_frame = max_frame
+        #: Optional ``fast_path(buffer, start, stop)`` tried on bodies over 2 KiB before
+        #: msgpack: it returns what to hand out for ``buffer[start:stop]`` (a value the
+        #: caller recognises), or None to decode the body the general way. The connection
+        #: uses it to build big output messages straight from the frame.
+        self.fast_path = fast_path
 
     @property
     def buffered(self) -> int:
@@ -140,6 +150,10 @@ class FrameDecoder:
             if length <= _COPY_BELOW:
                 body: bytes | memoryview = chunk[pos + HEADER_SIZE : stop]
             else:
+                if self.fast_path is not None:
+                    value = self.fast_path(chunk, pos + HEADER_SIZE, stop)
+                    if value is not None:
+                        return value
                 body = memoryview(chunk)[pos + HEADER_SIZE : stop]
             try:  # unpack_body, inline: this is the hot path
                 return _unpackb(body, ext_hook=_refuse_ext)
@@ -156,12 +170,16 @@ class FrameDecoder:
         stop = pos + HEADER_SIZE + length
         if stop > end:
             return NEED_DATA
-        with memoryview(buf) as view:
-            body = view[pos + HEADER_SIZE : stop]
-            try:
-                value = unpack_body(body)
-            finally:
-                body.release()
+        value = None
+        if self.fast_path is not None and length > _COPY_BELOW:
+            value = self.fast_path(buf, pos + HEADER_SIZE, stop)
+        if value is None:
+            with memoryview(buf) as view:
+                body = view[pos + HEADER_SIZE : stop]
+                try:
+                    value = unpack_body(body)
+                finally:
+                    body.release()
         self._pos = stop
         # Compact only when the consumed prefix dominates: amortised linear in all cases.
         if stop == end:

@@ -24,6 +24,8 @@ messages cross on the wire:
   runner was idle when the request arrived and accepted it. So on the client's side, the
   runner's first ``output``, ``input_request`` or ``done`` for such an op, arriving while
   no op is in flight, makes it the op in flight (the runner may not do this on its side).
+  Until every such op is answered the client may not open another from IDLE (it could not
+  tell whether the runner would run it), nor send an ``input_reply`` for one of them.
 
 ERROR is permanent. CLOSED is reached when the peer's byte stream ends.
 """
