@@ -45,11 +45,11 @@ def _is_int(v: object) -> bool:
 
 
 def _is_id(v: object) -> bool:
-    return type(v) is int and 0 < v <= MAX_ID  # type: ignore[operator]
+    return type(v) is int and 0 < v <= MAX_ID
 
 
 def _is_uint(v: object) -> bool:
-    return type(v) is int and 0 <= v <= MAX_ID  # type: ignore[operator]
+    return type(v) is int and 0 <= v <= MAX_ID
 
 
 def _is_str(v: object) -> bool:
@@ -139,7 +139,7 @@ _REQUIRED = object()
 class Message:
     """Base of every message. Subclasses list their wire fields in ``FIELDS``."""
 
-    __slots__ = ()
+    __slots__: tuple[str, ...] = ()
     #: The wire ``kind``.
     KIND: ClassVar[str] = ""
     #: Which role may send it: "client", "runner" or "both".
