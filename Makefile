@@ -24,9 +24,11 @@ typecheck: $(STAMP)
 	$(VENV)/bin/mypy
 
 unit: $(STAMP)
+	$(PY) -m compileall -q src >/dev/null
 	$(PY) -m pytest
 
 demo: $(STAMP)
+	$(PY) -m compileall -q src >/dev/null
 	$(VENV)/bin/execpy run examples/demo.py
 
 bench: $(STAMP)
