@@ -33,7 +33,10 @@ demo: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[test,bench]'
-	$(PY) bench/run_all.py
+	$(PY) -m compileall -q src >/dev/null
+	$(PY) bench/bench_protocol.py
+	$(PY) bench/bench_runner.py
+	$(PY) bench/bench_client.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
