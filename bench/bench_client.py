@@ -88,6 +88,46 @@ async def floor_pingpong(n: int, rounds: int) -> float:
     return result
 
 
+async def bare_loop_exec(n: int, rounds: int) -> float:
+    """The real runner driven by a bare loop: send an exec, read until its done, inline in
+    one task (no reader task, no op bookkeeping). What the client adds is the rest."""
+    from execpy_trio.protocol import NEED_DATA, Connection, Done, Exec, Hello, Shutdown, Welcome
+
+    ours, theirs = socket.socketpair()
+    proc = subprocess.Popen(  # noqa: ASYNC220 - a benchmark set-up step, not timed
+        [sys.executable, "-m", "execpy_trio.runner", "--fd", str(theirs.fileno())],
+        pass_fds=[theirs.fileno()],
+    )
+    theirs.close()
+    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
+    conn = Connection("client")
+    op = 0
+
+    async def until(kind: type) -> None:
+        while True:
+            event = conn.next_event()
+            if event is NEED_DATA:
+                conn.receive_data(await stream.receive_some(65536))
+            elif type(event) is kind:
+                return
+
+    async def step() -> None:
+        nonlocal op
+        op += 1
+        await stream.send_all(conn.send(Exec(op, "x = 1")))
+        await until(Done)
+
+    await stream.send_all(conn.send(Hello((1, 0), "bench", "0", conn.max_frame)))
+    await until(Welcome)
+    for _ in range(200):
+        await step()
+    result = await best_of(rounds, n, step)
+    await stream.send_all(conn.send(Shutdown()))
+    await stream.aclose()
+    proc.wait(timeout=10)
+    return result
+
+
 async def execpy_exec(n: int, rounds: int) -> tuple[float, float]:
     async with ex.open_runner() as runner:
         for _ in range(200):
@@ -231,11 +271,17 @@ def main() -> None:
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}, CPUs allowed: {cpus}")
 
     floor = trio.run(floor_pingpong, n, rounds)
+    bare = trio.run(bare_loop_exec, n, rounds)
     exec_us, ping_us = trio.run(execpy_exec, n, rounds)
     print("\n## Round trip (best mean of batches, us per op)")
     row("floor: trio <-> plain Python echo, socketpair", floor)
+    row("bare trio loop <-> the real runner, exec", bare, f"({bare / floor:.2f}x floor)")
     row("execpy Runner.ping()", ping_us, f"({ping_us / floor:.2f}x floor)")
-    row("execpy Runner.exec('x = 1')", exec_us, f"({exec_us / floor:.2f}x floor)")
+    row(
+        "execpy Runner.exec('x = 1')",
+        exec_us,
+        f"({exec_us / floor:.2f}x floor, {exec_us / bare:.2f}x bare loop)",
+    )
     tp = trio_parallel_noop(n, rounds)
     row("trio-parallel run_sync(noop)", tp, f"(execpy {(tp or 0) / exec_us:.1f}x faster)")
     en = execnet_exec(n // 4, rounds)

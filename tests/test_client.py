@@ -372,6 +372,49 @@ async def test_concurrent_callers_are_served_in_fifo_order() -> None:
     assert {c: r.value for c, r in results.items()} == {f"c{i}": repr(f"c{i}") for i in range(5)}
 
 
+async def test_a_caller_looping_does_not_overtake_a_waiting_one() -> None:
+    """The uncontended fast path must not jump the queue: a waiter goes first."""
+    seen: list[str] = []
+
+    async def script(fake: FakeRunner) -> None:
+        await fake.handshake()
+        for _ in range(4):
+            req = await fake.expect(P.Exec)
+            seen.append(req.code)
+            await trio.sleep(0.01)
+            await fake.send(P.Done(req.op, "ok"))
+        await fake.serve_until_shutdown()
+
+    async with scripted(script) as (runner, _fake):
+
+        async def looper() -> None:
+            for i in range(3):
+                await runner.exec(f"a{i}")
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(looper)
+            await trio.testing.wait_all_tasks_blocked()  # a0 is running
+            nursery.start_soon(runner.exec, "b0")
+    assert seen == ["a0", "b0", "a1", "a2"]
+
+
+async def test_exec_is_a_checkpoint_and_a_cancelled_call_sends_nothing() -> None:
+    async def script(fake: FakeRunner) -> None:
+        await fake.handshake()
+        await ok_done(fake, "1")
+        await fake.serve_until_shutdown()
+
+    async with scripted(script) as (runner, fake):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await runner.exec("never sent")
+        assert scope.cancelled_caught
+        with trio.testing.assert_checkpoints():
+            assert (await runner.exec("1")).value == "1"
+        assert runner.statistics().ops_started == 1
+    assert [type(m) for m in fake.received] == [P.Hello, P.Exec, P.Shutdown]
+
+
 # --- failures ------------------------------------------------------------------------------
 
 

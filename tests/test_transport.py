@@ -15,6 +15,7 @@ from execpy_trio._transport import (
     BROKEN,
     CLOSED,
     OPEN,
+    OpChannel,
     PeerClosed,
     Transport,
     TransportBroken,
@@ -44,9 +45,14 @@ class Peer:
 
 @asynccontextmanager
 async def connected(
-    *, lockstep: bool = False, **options: float
+    *, lockstep: bool = False, sockets: bool = False, **options: float
 ) -> AsyncIterator[tuple[Transport, Peer, trio.Nursery]]:
-    if lockstep:
+    a: trio.abc.Stream
+    b: trio.abc.Stream
+    if sockets:  # a real socketpair: the transport's fd fast path
+        sa, sb = trio.socket.socketpair()
+        a, b = trio.SocketStream(sa), trio.SocketStream(sb)
+    elif lockstep:
         a, b = trio.testing.lockstep_stream_pair()
     else:
         a, b = trio.testing.memory_stream_pair()
@@ -228,3 +234,150 @@ async def test_frame_log_off_by_default(caplog: pytest.LogCaptureFixture) -> Non
             await t.send(P.Ping(3))
             await peer.receive()
     assert not [r for r in caplog.records if r.name == "execpy_trio.frames"]
+
+
+# --- the fd fast path (real sockets) -----------------------------------------------------
+
+BIG = "x" * (4 * 1024 * 1024)  # far more than a socket buffer holds: a partial write
+
+
+async def test_socket_frames_round_trip() -> None:
+    async with connected(sockets=True) as (t, peer, _):
+        channel = t.open_op(1)
+        with trio.testing.assert_checkpoints():
+            await t.send(P.Exec(1, "x = 1"))
+        assert await peer.receive() == P.Exec(1, "x = 1")
+        await peer.send(P.Done(1, "ok"))
+        assert [msg async for msg in channel] == [P.Done(1, "ok")]
+        assert t.statistics().frames_sent == 2
+
+
+async def test_socket_partial_write_goes_out_whole_despite_cancel() -> None:
+    async with connected(sockets=True) as (t, peer, nursery):
+        got: list[object] = []
+        arrived = trio.Event()
+
+        async def slow_reader() -> None:
+            await trio.sleep(0.05)
+            got.append(await peer.receive())
+            arrived.set()
+
+        nursery.start_soon(slow_reader)
+        with trio.move_on_after(0.01) as scope:
+            await t.send(P.Exec(1, BIG))
+        assert scope.cancel_called  # the deadline passed during the (shielded) write
+        with trio.fail_after(5):
+            await arrived.wait()
+        assert got == [P.Exec(1, BIG)]
+        assert t.state == OPEN
+
+
+async def test_socket_send_timeout_breaks_it(autojump_clock: trio.abc.Clock) -> None:
+    async with connected(sockets=True, send_timeout=3) as (t, _peer, _):
+        start = trio.current_time()
+        with pytest.raises(TransportBroken, match="not reading"):
+            await t.send(P.Exec(1, BIG))  # the peer never reads
+        assert trio.current_time() - start == pytest.approx(3)
+        assert t.state == BROKEN
+
+
+async def test_socket_peer_gone_breaks_it() -> None:
+    async with connected(sockets=True) as (t, peer, _):
+        await peer.stream.aclose()
+        with pytest.raises(TransportBroken, match="broke") as info:
+            for _ in range(10):  # the first write after the peer closed may still succeed
+                await t.send(P.Ping(1))
+        assert isinstance(info.value.cause, OSError)
+        assert t.state == BROKEN
+
+
+async def test_cancelled_send_sends_nothing() -> None:
+    async with connected() as (t, peer, _):
+        with trio.CancelScope() as scope:
+            scope.cancel()
+            await t.send(P.Ping(1))
+        assert scope.cancelled_caught
+        await t.send(P.Ping(2))
+        assert await peer.receive() == P.Ping(2)
+
+
+# --- op channels -------------------------------------------------------------------------
+
+
+async def test_consumer_closing_releases_a_reader_held_by_backpressure() -> None:
+    async with connected(op_buffer=2) as (t, peer, nursery):
+        t.open_op(1)
+
+        async def flood() -> None:
+            assert type(await peer.receive()) is P.Exec
+            for _ in range(20):
+                await peer.send(P.Output(1, "stdout", b"x"))
+            await peer.send(P.Done(1, "ok"))
+            ping = await peer.receive()
+            assert type(ping) is P.Ping
+            await peer.send(P.Pong(ping.token))
+
+        nursery.start_soon(flood)
+        await t.send(P.Exec(1, "flood"))
+        await trio.testing.wait_all_tasks_blocked()
+        assert t.statistics().ops_open == 1  # the reader waits with the done unread
+        t.close_op(1)  # the consumer goes away: the rest is dropped, the reader goes on
+        with trio.fail_after(1):
+            await t.ping()  # the pong got through the reader
+        assert t.statistics().frames_received == 1 + 21 + 1
+
+
+async def test_op_channel_semantics() -> None:
+    channel = OpChannel(2)
+    with pytest.raises(trio.WouldBlock):
+        channel.receive_nowait()
+    assert channel.put_nowait(P.Done(1, "ok"))
+    assert channel.put_nowait(P.Done(2, "ok"))
+    assert not channel.put_nowait(P.Done(3, "ok"))  # full
+    assert "2/2" in repr(channel)
+    assert channel.receive_nowait() == P.Done(1, "ok")
+    channel.end()
+    assert channel.put_nowait(P.Done(4, "ok"))  # dropped: it ended
+    assert await channel.receive() == P.Done(2, "ok")
+    with pytest.raises(trio.EndOfChannel):
+        await channel.receive()
+
+    channel = OpChannel(1)
+    async with trio.open_nursery() as nursery:
+        errors: list[BaseException] = []
+
+        async def consume() -> None:
+            try:
+                await channel.receive()
+            except trio.ClosedResourceError as exc:
+                errors.append(exc)
+
+        nursery.start_soon(consume)
+        await trio.testing.wait_all_tasks_blocked()
+        channel.close()  # from another task, while it waits
+    assert len(errors) == 1
+    assert channel.put_nowait(P.Done(1, "ok"))  # dropped: the consumer is gone
+    with pytest.raises(trio.ClosedResourceError):
+        channel.receive_nowait()
+
+
+async def test_op_channel_waiting_put_and_cancelled_receive() -> None:
+    channel = OpChannel(1)
+    async with trio.open_nursery() as nursery:
+        done: list[str] = []
+
+        async def producer() -> None:
+            for i in range(3):
+                await channel.put(P.Done(i + 1, "ok"))
+            done.append("put all")
+
+        nursery.start_soon(producer)
+        await trio.testing.wait_all_tasks_blocked()
+        assert not done  # held by backpressure
+        got = [await channel.receive() for _ in range(3)]
+        assert [m.op for m in got] == [1, 2, 3]  # type: ignore[attr-defined]
+    assert done == ["put all"]
+    with trio.move_on_after(0.01):
+        await channel.receive()
+    assert channel.put_nowait(P.Done(9, "ok"))  # the cancelled receive left no waiter
+    assert channel.receive_nowait() == P.Done(9, "ok")

@@ -42,7 +42,14 @@ from ._errors import (
     RunnerStartError,
     raise_unwrapped,
 )
-from ._transport import OPEN, PeerClosed, Transport, TransportBroken, TransportStatistics
+from ._transport import (
+    OPEN,
+    OpChannel,
+    PeerClosed,
+    Transport,
+    TransportBroken,
+    TransportStatistics,
+)
 from .protocol import (
     ABSOLUTE_MAX_FRAME,
     DEFAULT_MAX_FRAME,
@@ -143,6 +150,17 @@ def _decode_all(data: bytes) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _joined(chunks: list[bytes]) -> str:
+    if not chunks:
+        return ""
+    if len(chunks) == 1:
+        return chunks[0].decode("utf-8", "replace")
+    return b"".join(chunks).decode("utf-8", "replace")
+
+
+_new_decoder: Final = codecs.getincrementaldecoder("utf-8")
+
+
 @attrs.frozen
 class Output:
     """Bytes the code wrote to ``stream`` ("stdout" or "stderr"), in order.
@@ -202,40 +220,58 @@ class Operation:
     """
 
     def __init__(
-        self,
-        runner: Runner,
-        op_id: int,
-        description: str,
-        channel: trio.MemoryReceiveChannel[Message],
+        self, runner: Runner, op_id: int, kind: str, text: str, channel: OpChannel
     ) -> None:
         self._runner = runner
         #: The protocol op id.
         self.op_id = op_id
-        #: A short description, used in error messages.
-        self.description = description
+        self._kind = kind
+        self._text = text
         self._channel = channel
         self._chunks: dict[str, list[bytes]] = {"stdout": [], "stderr": []}
-        self._decoders = {
-            "stdout": codecs.getincrementaldecoder("utf-8")("replace"),
-            "stderr": codecs.getincrementaldecoder("utf-8")("replace"),
-        }
+        # Made on first use: exec and eval never need them.
+        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
         self._awaiting_input = False
+        self._finished = False
+        # The completion; the result is built from it when first asked for (joining and
+        # decoding all the output is wasted on a stream consumer that never looks).
+        self._done: Done | None = None
         self._result: ExecResult | None = None
         self._raw_value: Any = None
 
     @property
+    def description(self) -> str:
+        """A short description, used in error messages."""
+        return _describe(self.op_id, self._kind, self._text)
+
+    @property
     def finished(self) -> bool:
-        return self._result is not None
+        return self._finished
 
     @property
     def result(self) -> ExecResult:
         """The completion. Raises RuntimeError if the operation has not finished yet."""
-        if self._result is None:
-            raise RuntimeError(
-                f"{self.description} has not finished: iterate the operation to the end "
-                "(or leave the exec_stream block, which cancels it) before reading .result"
+        result = self._result
+        if result is None:
+            done = self._done
+            if done is None:
+                raise RuntimeError(
+                    f"{self.description} has not finished: iterate the operation to the end "
+                    "(or leave the exec_stream block, which cancels it) before reading .result"
+                )
+            error = None
+            if done.error is not None:
+                error = ErrorInfo(
+                    done.error["type"], done.error["message"], done.error["traceback"]
+                )
+            result = self._result = ExecResult(
+                done.status,
+                done.value,
+                _joined(self._chunks["stdout"]),
+                _joined(self._chunks["stderr"]),
+                error,
             )
-        return self._result
+        return result
 
     def __aiter__(self) -> Operation:
         return self
@@ -244,11 +280,12 @@ class Operation:
         """The next event.
 
         Raises RunnerDied if the runner dies, RemoteProtocolError if it breaks the
-        protocol, OperationRejected if it refused the op. Cancellation: the event being
-        waited for is not lost (it stays queued); leaving the exec_stream block cancels
-        the op in the runner.
+        protocol, OperationRejected if it refused the op. Cancellation: always a cancel
+        point, and the event being waited for is not lost (it stays queued); leaving the
+        exec_stream block cancels the op in the runner. A schedule point when it waits;
+        events already queued (at most ``op_buffer``) are handed out without yielding.
         """
-        if self._result is not None:
+        if self._finished:
             raise StopAsyncIteration
         while True:
             try:
@@ -258,16 +295,40 @@ class Operation:
             event = self._absorb(msg)
             if event is not None:
                 return event
-            if self._result is not None:
+            if self._finished:
                 raise StopAsyncIteration
+
+    async def _collect(self) -> None:
+        """Consume messages until the completion, keeping output only for the result: the
+        loop of exec and eval, which show no events.
+
+        Raises as ``__anext__``; a cancel point (and a schedule point while it waits).
+        """
+        channel = self._channel
+        chunks = self._chunks
+        while not self._finished:
+            try:
+                msg = await channel.receive()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                raise await self._runner._connection_lost(self.description) from None
+            if type(msg) is _OutputMsg:
+                chunks[msg.stream].append(msg.data)
+            elif type(msg) is _InputRequestMsg:  # pragma: no cover - allow_stdin is False
+                self._awaiting_input = True
+                await self.send_eof()
+            else:
+                self._absorb(msg)
 
     def _absorb(self, msg: Message) -> Output | InputRequest | None:
         kind = type(msg)
         if kind is _OutputMsg:
             assert isinstance(msg, _OutputMsg)
-            self._chunks[msg.stream].append(msg.data)
-            text = self._decoders[msg.stream].decode(msg.data)
-            return Output(msg.stream, msg.data, text)
+            stream = msg.stream
+            self._chunks[stream].append(msg.data)
+            decoder = self._decoders.get(stream)
+            if decoder is None:
+                decoder = self._decoders[stream] = _new_decoder("replace")
+            return Output(stream, msg.data, decoder.decode(msg.data))
         if kind is _InputRequestMsg:
             assert isinstance(msg, _InputRequestMsg)
             self._awaiting_input = True
@@ -279,23 +340,19 @@ class Operation:
         if kind is Error:
             assert isinstance(msg, Error)
             # A rejection: the runner did not run the op (no completion follows).
-            self._result = ExecResult(STATUS_CANCELLED)
+            self._reject()
             raise OperationRejected(self.op_id, msg.code, msg.message)
         return None  # pragma: no cover - the transport routes nothing else here
 
+    def _reject(self) -> None:
+        self._finished = True
+        self._result = ExecResult(STATUS_CANCELLED)
+
     def _finish(self, msg: Done) -> None:
         self._awaiting_input = False
+        self._finished = True
+        self._done = msg
         self._raw_value = msg.value
-        error = None
-        if msg.error is not None:
-            error = ErrorInfo(msg.error["type"], msg.error["message"], msg.error["traceback"])
-        self._result = ExecResult(
-            status=msg.status,
-            value=msg.value,
-            stdout=_decode_all(b"".join(self._chunks["stdout"])),
-            stderr=_decode_all(b"".join(self._chunks["stderr"])),
-            error=error,
-        )
         self._runner._ops_completed += 1
         if msg.status == STATUS_CANCELLED:
             self._runner._ops_cancelled += 1
@@ -327,11 +384,11 @@ class Operation:
         the code finished first). Harmless after the completion. Cancellation: may be
         cancelled before the request is written (then nothing was sent).
         """
-        if self._result is None:
-            await self._runner._send(Cancel(self.op_id), self.description)
+        if not self._finished:
+            await self._runner._send(Cancel(self.op_id), self)
 
     async def _reply(self, text: str | None) -> None:
-        if self._result is not None:
+        if self._finished:
             raise LocalProtocolError(
                 f"{self.description} has already finished; there is no input to answer"
             )
@@ -340,7 +397,7 @@ class Operation:
                 f"{self.description} has no pending input request: answer only after an "
                 "InputRequest event, once per request"
             )
-        await self._runner._send(InputReply(self.op_id, text), self.description)
+        await self._runner._send(InputReply(self.op_id, text), self)
         self._awaiting_input = False
 
 
@@ -464,12 +521,17 @@ class Runner:
         cancelled completion, killing the runner if none comes; then trio.Cancelled
         propagates. No timeout of its own: use ``trio.move_on_after``/``fail_after``.
         """
-        async with self._operation(
-            "exec", code, Exec, allow_stdin=False, stdin=stdin, variables=variables
-        ) as op:
-            async for event in op:
-                if type(event) is InputRequest:  # pragma: no cover - allow_stdin is False
-                    await op.send_eof()
+        # A plain coroutine, not the exec_stream context manager: at tens of microseconds
+        # per round trip, the layers show.
+        op = await self._start("exec", code, variables, allow_stdin=False, stdin=stdin)
+        try:
+            await op._collect()
+        except BaseException:
+            if not op.finished:
+                await self._abandon(op)
+            raise
+        finally:
+            self._end(op)
         return op.result
 
     async def eval(self, expr: str, *, variables: Mapping[str, Any] | None = None) -> Any:
@@ -480,9 +542,15 @@ class Runner:
         sent as plain data; output the expression prints is discarded. Otherwise the same
         errors, cancellation and timeout behaviour as :meth:`exec`.
         """
-        async with self._operation("eval", expr, Eval, variables=variables) as op:
-            async for _event in op:
-                pass
+        op = await self._start("eval", expr, variables)
+        try:
+            await op._collect()
+        except BaseException:
+            if not op.finished:
+                await self._abandon(op)
+            raise
+        finally:
+            self._end(op)
         op.result.check()
         return op._raw_value
 
@@ -504,8 +572,20 @@ class Runner:
         the completion, and the runner is killed if none comes (then leaving the block
         normally raises RunnerDied).
         """
-        async with self._operation("exec", code, Exec, allow_stdin=True, variables=variables) as op:
-            yield op
+        op = await self._start("exec", code, variables, allow_stdin=True)
+        try:
+            try:
+                yield op
+            except BaseException:
+                if not op.finished:
+                    await self._abandon(op)
+                raise
+            if not op.finished:
+                await self._abandon(op)
+                if not op.finished:
+                    raise await self._connection_lost(op.description)
+        finally:
+            self._end(op)
 
     async def ping(self) -> float:
         """Round trip time of a ping to the runner, in seconds. Works while an op runs
@@ -524,58 +604,68 @@ class Runner:
             self._check_not_closed("ping")
             raise
 
-    @contextlib.asynccontextmanager
-    async def _operation(
+    async def _start(
         self,
         kind: str,
         text: str,
-        msg_type: type[Exec] | type[Eval],
+        variables: Mapping[str, Any] | None,
         *,
         allow_stdin: bool = False,
         stdin: str | None = None,
-        variables: Mapping[str, Any] | None = None,
-    ) -> AsyncIterator[Operation]:
-        async with self._op_lock:  # FIFO; a checkpoint: cancellable before anything runs
+    ) -> Operation:
+        """Wait for our turn, register the op and send its request; return it running.
+
+        The caller then holds the op lock and must call :meth:`_end` on every path.
+        Cancellation: a cancel point, cancellable while waiting its turn (FIFO); raises
+        Cancelled only before anything was written: then there is nothing to undo. Not a
+        schedule point when the runner is free: the caller's wait for the answer is one.
+        """
+        await trio.lowlevel.checkpoint_if_cancelled()
+        lock = self._op_lock
+        try:
+            lock.acquire_nowait()  # fails also when others wait: they go first (FIFO)
+        except trio.WouldBlock:
+            await lock.acquire()
+        try:
             self._check_not_closed(kind)
-            if self._transport.state != OPEN:
+            transport = self._transport
+            if transport.state != OPEN:
                 raise await self._connection_lost(None)
             op_id = self._next_op
             self._next_op += 1
-            description = _describe(op_id, kind, text)
             vars_ = dict(variables) if variables is not None else None
-            if msg_type is Exec:
+            if kind == "exec":
                 msg: Message = Exec(op_id, text, allow_stdin, stdin, vars_)
             else:
                 msg = Eval(op_id, text, vars_)
-            channel = self._transport.open_op(op_id)
-            op = Operation(self, op_id, description, channel)
+            op = Operation(self, op_id, kind, text, transport.open_op(op_id))
             try:
-                # Raises Cancelled only before anything was written: then nothing to undo.
-                await self._send(msg, description)
-                self._ops_started += 1
-                self._busy = True
-                try:
-                    yield op
-                except BaseException:
-                    if not op.finished:
-                        await self._abandon(op)
-                    raise
-                if not op.finished:
-                    await self._abandon(op)
-                    if not op.finished:
-                        raise await self._connection_lost(description)
-            finally:
-                self._busy = False
-                self._transport.close_op(op_id)
-                channel.close()
+                await self._send(msg, op, reply_follows=True)
+            except BaseException:
+                transport.close_op(op_id)
+                raise
+        except BaseException:
+            lock.release()
+            raise
+        self._ops_started += 1
+        self._busy = True
+        return op
 
-    async def _send(self, msg: Message, doing: str) -> None:
+    def _end(self, op: Operation) -> None:
+        """The op is over for this client (finished, abandoned or lost): stop routing it
+        and let the next caller in."""
+        self._busy = False
+        self._transport.close_op(op.op_id)
+        op._channel.close()
+        self._op_lock.release()
+
+    async def _send(self, msg: Message, op: Operation, *, reply_follows: bool = False) -> None:
         try:
-            await self._transport.send(msg)
+            await self._transport.send(msg, reply_follows=reply_follows)
         except TransportBroken:
-            raise await self._connection_lost(doing) from None
+            raise await self._connection_lost(op.description) from None
         except trio.ClosedResourceError:
-            self._check_not_closed(f"send {msg.KIND!r} for {doing}")
+            self._check_not_closed(f"send {msg.KIND!r} for {op.description}")
             raise
 
     async def _abandon(self, op: Operation) -> None:
@@ -595,7 +685,7 @@ class Runner:
                             op._awaiting_input = False
                             await self._transport.send(InputReply(op.op_id, None))
                         elif type(msg) is Error:
-                            op._result = ExecResult(STATUS_CANCELLED)
+                            op._reject()
                         else:
                             op._absorb(msg)
                         if op.finished:
