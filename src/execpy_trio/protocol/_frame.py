@@ -106,9 +106,10 @@ class FrameDecoder:
     @property
     def buffered(self) -> int:
         """Bytes received but not yet returned as values."""
+        pending = len(self._buf) - self._pos
         if self._chunk is not None:
-            return len(self._chunk) - self._chunk_pos
-        return len(self._buf) - self._pos
+            pending += len(self._chunk) - self._chunk_pos
+        return pending
 
     def feed(self, data: bytes | bytearray | memoryview) -> None:
         """Add received bytes. A ``bytes`` object may be kept (not copied) until consumed."""
@@ -116,14 +117,28 @@ class FrameDecoder:
             return
         if self._chunk is not None:
             self._spill()
-        if self._pos == len(self._buf) and type(data) is bytes:
-            if self._pos:
-                self._buf.clear()
-                self._pos = 0
-            self._chunk = data
-            self._chunk_pos = 0
-            return
-        self._buf += data
+        buf = self._buf
+        pos = self._pos
+        if type(data) is bytes:
+            if pos == len(buf):
+                if pos:
+                    buf.clear()
+                    self._pos = 0
+                self._chunk = data
+                self._chunk_pos = 0
+                return
+            if len(buf) - pos >= HEADER_SIZE:
+                # A frame straddles reads: copy in just the rest of it and keep the
+                # remainder as the borrowed chunk, instead of copying the whole read.
+                (length,) = HEADER.unpack_from(buf, pos)
+                need = pos + HEADER_SIZE + length - len(buf)
+                if 0 < need < len(data) and length <= self.max_frame:
+                    with memoryview(data) as view:
+                        buf += view[:need]
+                    self._chunk = data
+                    self._chunk_pos = need
+                    return
+        buf += data
 
     def next_value(self) -> Any:
         """Return the next complete value, or :data:`NEED_DATA`.
@@ -132,7 +147,9 @@ class FrameDecoder:
         body) or a body that is not exactly one valid msgpack value.
         """
         chunk = self._chunk
-        if chunk is not None:
+        # The buffer, when it holds anything, comes first: feed() leaves a chunk beside it
+        # only when the buffer ends on a frame boundary.
+        if chunk is not None and self._pos == len(self._buf):
             pos = self._chunk_pos
             end = len(chunk)
             if end - pos < HEADER_SIZE:
