@@ -103,7 +103,7 @@ class RunnerDied(ExecpyError):
         super().__init__(
             f"the {who} died {doing}: {reason}; {_describe_exit(returncode)}; "
             f"{_format_tail(stderr_tail)}\nThis runner cannot be used any more: start a new "
-            "one (a manager does that for you)."
+            "one."
         )
 
 

@@ -677,6 +677,13 @@ class Runner:
             with trio.move_on_after(self.cancel_grace):
                 try:
                     await self._transport.send(Cancel(op.op_id))
+                    if op._awaiting_input:
+                        # The interrupted input() leaves its request outstanding (the
+                        # protocol cannot withdraw it): end it, so code that catches the
+                        # interrupt and reads again gets EOFError, not a wait until the
+                        # grace runs out (spec section 6.6).
+                        op._awaiting_input = False
+                        await self._transport.send(InputReply(op.op_id, None))
                     # Keep reading: a full op channel would stop the reader, and the
                     # cancelled completion queues behind the output.
                     async for msg in op._channel:

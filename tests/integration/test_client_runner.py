@@ -130,6 +130,30 @@ async def test_cancel_while_waiting_for_input() -> None:
         assert (await runner.exec("s = 'still here'\ns")).value == "'still here'"
 
 
+async def test_code_that_catches_the_interrupt_and_reads_again_gets_eof() -> None:
+    # The interrupted input() leaves its request outstanding; the client ends it with EOF
+    # so the second input() fails at once instead of hanging until cancel_grace expires.
+    code = (
+        "try:\n"
+        "    input('first: ')\n"
+        "except KeyboardInterrupt:\n"
+        "    try:\n"
+        "        input('second: ')\n"
+        "    except EOFError:\n"
+        "        print('eof after interrupt')\n"
+    )
+    async with ex.open_runner(cancel_grace=10) as runner:
+        start = time.monotonic()
+        with trio.move_on_after(0.3):
+            async with runner.exec_stream(code) as op:
+                async for _event in op:
+                    pass
+        assert time.monotonic() - start < 5, "waited for the grace period"
+        assert runner.is_alive
+        assert op.result.status == "ok"
+        assert op.result.stdout == "eof after interrupt\n"
+
+
 async def test_abandoned_stream_is_cancelled() -> None:
     async with ex.open_runner() as runner:
         async with runner.exec_stream("while True: print('spam')") as op:
