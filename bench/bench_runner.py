@@ -1,8 +1,9 @@
 """Benchmarks of the runner program against floors measured in the same run.
 
-Run: ``python bench/bench_runner.py`` (prints a table; ``--quick`` for fewer repeats).
-Each benchmark runs twice: pinned to CPU 0 (the process and its children, via
-``sched_setaffinity``, like ``taskset -c 0``) and unpinned. Compare the ratios: on a
+Run: ``python bench/bench_runner.py`` (prints a table; ``--quick`` for fewer repeats,
+``--cpu N`` to pin to CPU N instead of the first one allowed). Each benchmark runs twice:
+pinned to one CPU (the process and its children, via ``sched_setaffinity``, like
+``taskset -c 0``) and unpinned. Compare the ratios: on a
 small VM absolute numbers swing with whatever else runs.
 
 Rows:
@@ -46,6 +47,7 @@ from execpy_trio.protocol import (
 PY = sys.executable
 RUNNER = [PY, "-m", "execpy_trio.runner"]
 QUICK = "--quick" in sys.argv
+CPU = int(sys.argv[sys.argv.index("--cpu") + 1]) if "--cpu" in sys.argv else None
 
 
 def _spawn_runner() -> tuple[subprocess.Popen[bytes], socket.socket, Connection]:
@@ -305,10 +307,11 @@ def run(label: str) -> dict[str, Any]:
 
 def main() -> None:
     all_cpus = os.sched_getaffinity(0)
+    cpu = min(all_cpus) if CPU is None else CPU
     results = []
     try:
-        os.sched_setaffinity(0, {min(all_cpus)})
-        results.append(run("pinned (CPU 0)"))
+        os.sched_setaffinity(0, {cpu})
+        results.append(run(f"pinned (CPU {cpu})"))
     finally:
         os.sched_setaffinity(0, all_cpus)
     results.append(run("unpinned"))

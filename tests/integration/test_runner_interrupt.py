@@ -7,7 +7,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from execpy_trio.protocol import Cancel, Done, InputRequest, Output
+from execpy_trio.protocol import Cancel, Done, InputReply, InputRequest, Output
 from runner_client import RunnerClient, process_alive
 
 
@@ -149,3 +149,31 @@ def test_cancel_racing_with_completion(client: RunnerClient) -> None:
     r = client.exec("'still fine'")
     assert r.value == "'still fine'" and len(r.events) == 1
     assert statuses == {"ok", "cancelled"}
+
+
+def test_cancel_and_eof_reply_together_never_strand_the_next_read(client: RunnerClient) -> None:
+    # A client that cancels an op waiting for input ends the request with a nil reply in
+    # the same breath (see the Trio client's _abandon). The interrupt can then land before
+    # the reply, or just after it came and before it was taken: either way the code that
+    # catches the interrupt and reads again must get that reply (EOF), not wait forever
+    # for a second reply to a request it did not send again.
+    code = (
+        "try:\n    input('first: ')\nexcept KeyboardInterrupt:\n    try:\n"
+        "        input('second: ')\n    except EOFError:\n        print('eof after interrupt')\n"
+    )
+    outcomes: set[str] = set()
+    for _ in range(25):
+        op = client.start_exec(code, allow_stdin=True)
+        first = client.recv(5)
+        assert isinstance(first, InputRequest) and first.prompt == "first: ", first
+        client.send_raw(client.conn.send(Cancel(op)) + client.conn.send(InputReply(op, None)))
+        # A read after the reply was taken asks again: answer that with EOF too.
+        result = client.collect(op, timeout=5, on_input=lambda req: None)
+        assert result.done is not None
+        if result.status == "ok":
+            assert result.stdout == b"eof after interrupt\n"
+        else:  # the reply was taken, and the interrupt landed outside the code's handler
+            assert result.error["type"] in ("KeyboardInterrupt", "EOFError"), result.error
+        outcomes.add(result.status)
+    assert "ok" in outcomes, outcomes
+    assert client.exec("'alive'").value == "'alive'"

@@ -147,3 +147,27 @@ def test_200_mb_of_output_with_a_slow_reader_keeps_memory_bounded(client: Runner
     assert rss_stalled < 60 * 1024, rss_stalled
     assert max(samples) < 60 * 1024, samples
     assert ours_after - ours_before < 50 * 1024
+
+
+@pytest.mark.parametrize(
+    "route",
+    [
+        "os.write(1, b'<%d>')",
+        "sys.stdout.write('<%d>')",  # a partial line: only the end-of-op flush sends it
+        "sys.stdout.buffer.write(b'<%d>')",
+        "sys.stderr.write('<%d>')",
+        "os.write(2, b'<%d>')",
+        "os.write(1, b'<%d>' + b'.' * 300_000)",  # more than a default pipe holds
+        "subprocess.run(['printf', '<%d>'])",
+    ],
+)
+def test_output_written_last_thing_precedes_done(client: RunnerClient, route: str) -> None:
+    # Each op writes as its very last act; every byte must arrive before its done, never
+    # after it (collect() would see it as the next op's event and fail), and none is lost.
+    client.exec("import os, subprocess, sys")
+    for i in range(40 if "subprocess" not in route else 10):
+        r = client.exec(route % i)
+        assert r.status == "ok", r.done
+        expected = b"<%d>" % i + (b"." * 300_000 if "300_000" in route else b"")
+        assert r.stdout + r.stderr == expected, (r.stdout + r.stderr)[:50]
+        assert isinstance(r.events[-1], Done) and len(r.events) >= 2

@@ -11,12 +11,14 @@ while the client does not read, the pump then stops reading, the pipe fills, and
 writer blocks: memory stays bounded end to end. Bytes written while no op runs wait in
 the pipe and go out with the next op.
 
-At the end of an op the main thread flushes ``sys.stdout``/``sys.stderr`` and then takes
-each pump's lock (so a chunk a pump holds has been sent) and reads the pipes itself until
-they are empty. A child process that keeps the pipe open and keeps writing cannot stall
-this: the drain reads at most what a full pipe holds plus one chunk, and the rest goes
-with the next op. Only then does the ``done`` go out: every byte written before the code
-finished precedes it.
+One lock, ``_idle``, orders the pumps and the main thread: a pump holds it while it reads
+and sends a chunk, and the main thread holds it whenever no op runs, so the pumps wait on
+it then. At the end of an op the main thread flushes ``sys.stdout``/``sys.stderr``, takes
+the lock (so a chunk a pump holds has been sent) and reads the pipes itself until they are
+empty; one ``poll`` tells whether there is anything to read at all. A child process that
+keeps the pipe open and keeps writing cannot stall this: the drain reads at most what a
+full pipe holds plus one chunk, and the rest goes with the next op. Only then does the
+``done`` go out: every byte written before the code finished precedes it.
 
 The runner's private copies of the pipes' write ends keep the pipes alive when user code
 closes fd 1 or 2; at the end of the op, fds 0, 1 and 2 that user code closed are put back
@@ -98,18 +100,18 @@ class Capture:
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
         self._streams = {out_r: "stdout", err_r: "stderr"}
-        self._locks = {out_r: _thread.allocate_lock(), err_r: _thread.allocate_lock()}
-        self._lock_list = list(self._locks.values())
         self._drain_poll = select.poll()
         self._drain_poll.register(out_r, select.POLLIN)
         self._drain_poll.register(err_r, select.POLLIN)
         for fd in (0, 1, 2):
             self._drain_poll.register(fd, 0)  # reports only POLLNVAL: closed
-        #: The op that output is attributed to; None while idle. Changed under both locks.
+        #: The op that output is attributed to; None while idle. Changed under _idle.
         self.output_op: int | None = None
-        # Closed (held by the main thread) while no op runs: the pumps wait on it.
-        self._gate = _thread.allocate_lock()
-        self._gate.acquire()
+        # Held by a pump while it reads and sends a chunk, and by the main thread while no
+        # op runs (so the pumps wait on it then). One lock, not one per pump and a gate:
+        # the start and end of every op take it once.
+        self._idle = _thread.allocate_lock()
+        self._idle.acquire()
         self.stdout = _text_stream(1, "surrogateescape")
         self.stderr = _text_stream(2, "backslashreplace")
         sys.stdout = sys.__stdout__ = self.stdout  # type: ignore[misc]
@@ -124,38 +126,44 @@ class Capture:
 
     def begin(self, op: int) -> None:
         self.output_op = op
-        self._gate.release()
+        self._idle.release()
 
     def finish(self, op: int) -> None:
         """Send everything written so far (bounded; see the module docstring)."""
-        out, err = sys.stdout, sys.stderr
-        for stream in (out, err) if out is self.stdout else (out, err, self.stdout):
+        # Flushing our own stream raises only if user code closed it (a pipe we read
+        # cannot fail otherwise): then it is repaired below, with no check per op.
+        damaged = False
+        out = sys.stdout
+        try:
+            out.flush()
+        except Exception:
+            damaged = out is self.stdout
+        err = sys.stderr
+        try:
+            err.flush()
+        except Exception:
+            damaged = damaged or err is self.stderr
+        if out is not self.stdout:  # replaced by user code: ours may still hold bytes
             try:
-                stream.flush()
+                self.stdout.flush()
             except Exception:
-                pass  # closed or replaced by user code: nothing of ours to flush
+                damaged = True
         if err is not self.stderr:
             try:
                 self.stderr.flush()
             except Exception:
-                pass
-        locks = self._lock_list
-        for lock in locks:
-            lock.acquire()
-        try:
-            # One poll: which pipes have data, and whether user code closed fd 0, 1 or 2.
-            ready = self._drain_poll.poll(0)
-            if ready:
-                if not self.channel.broken:
-                    self._drain(op, ready)
-                self._restore_fds(ready)
-            if self.stdout.closed or self.stderr.closed:
-                self._repair_streams()
-            self.output_op = None
-        finally:
-            for lock in locks:
-                lock.release()
-        self._gate.acquire()
+                damaged = True
+        self._idle.acquire()  # a chunk a pump holds has been sent; the pumps wait now
+        # One poll: which pipes have data, and whether user code closed fd 0, 1 or 2.
+        # Nothing written and nothing closed (the usual case) costs just this call.
+        ready = self._drain_poll.poll(0)
+        if ready:
+            if not self.channel.broken:
+                self._drain(op, ready)
+            self._restore_fds(ready)
+        if damaged:
+            self._repair_streams()
+        self.output_op = None
 
     def _restore_fds(self, ready: list[tuple[int, int]]) -> None:
         """Put back fds 0, 1, 2 that user code closed (a replaced one is left alone)."""
@@ -199,17 +207,14 @@ class Capture:
 
     def _pump(self, rfd: int) -> None:
         stream = self._streams[rfd]
-        lock = self._locks[rfd]
-        gate = self._gate
+        idle = self._idle
         poller = select.poll()
         poller.register(rfd, select.POLLIN)
         send = self.channel.send
         try:
             while True:
                 poller.poll()
-                gate.acquire()  # wait until an op runs
-                gate.release()
-                with lock:
+                with idle:  # waits while no op runs
                     op = self.output_op
                     if op is None:
                         continue

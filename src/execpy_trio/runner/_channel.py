@@ -76,8 +76,13 @@ class Channel:
 
         Raises ChannelLost if the write fails, LocalProtocolError if ``msg`` is illegal now.
         """
+        # _send_locked, inline: this is every done's and every output chunk's path.
         with self.write_lock:
-            self._send_locked(msg)
+            if self.broken:
+                raise ChannelLost("the channel is closed")
+            with self.conn_lock:
+                data = self.conn.send(msg)
+            self.write_all(data)
             if self._control:
                 self._flush_control()
         if self._control:
@@ -144,21 +149,26 @@ class Channel:
             self.state_at_read = self.conn.state
             return self.conn.next_event()
 
-    def fill(self, timeout_ms: int | None = None) -> bool:
-        """Read one chunk into the connection (the caller holds ``read_lock``).
-
-        Returns False if nothing came within ``timeout_ms`` (None = wait as long as it
-        takes). End of stream is fed to the connection as b"", which then reports
-        ConnectionClosed; a read error is treated the same way.
-        """
-        if timeout_ms is not None and not self._readable.poll(timeout_ms):
-            return False
+    def _read_chunk(self) -> bytes:
+        # End of stream is fed to the connection as b"", which then reports
+        # ConnectionClosed; a read error is treated the same way.
         try:
             data = os.read(self.rfd, READ_SIZE)
         except OSError as exc:
             self.diag(f"reading the channel failed: {exc}")
             data = b""
-        self.last_chunk = data[:200]
+        self.last_chunk = data  # kept whole: it is sliced only for a diagnostic
+        return data
+
+    def fill(self, timeout_ms: int | None = None) -> bool:
+        """Read one chunk into the connection (the caller holds ``read_lock``).
+
+        Returns False if nothing came within ``timeout_ms`` (None = wait as long as it
+        takes).
+        """
+        if timeout_ms is not None and not self._readable.poll(timeout_ms):
+            return False
+        data = self._read_chunk()
         with self.conn_lock:
             self.conn.receive_data(data)
         return True
@@ -166,14 +176,23 @@ class Channel:
     def read_event(self, timeout_ms: int | None = None) -> Any:
         """The next event, reading as needed (the caller holds ``read_lock``).
 
-        Returns NEED_DATA only if ``timeout_ms`` passed without a complete frame.
+        Returns NEED_DATA only if ``timeout_ms`` passed without a complete frame. This is
+        the idle main thread's path to every request: one lock round per chunk read.
         """
-        while True:
-            ev = self.next_buffered()
-            if ev is not NEED_DATA:
-                return ev
-            if not self.fill(timeout_ms):
+        conn = self.conn
+        lock = self.conn_lock
+        with lock:
+            self.state_at_read = conn.state
+            ev = conn.next_event()
+        while ev is NEED_DATA:
+            if timeout_ms is not None and not self._readable.poll(timeout_ms):
                 return NEED_DATA
+            data = self._read_chunk()
+            with lock:
+                conn.receive_data(data)
+                self.state_at_read = conn.state
+                ev = conn.next_event()
+        return ev
 
     def io_read_events(self, buffered_only: bool = False) -> list[Any]:
         """For the I/O thread, holding ``read_lock``: read what is there, decode it all.

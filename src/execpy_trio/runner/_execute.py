@@ -57,15 +57,19 @@ class Executor:
         self._linecache: ModuleType | None = sys.modules.get("linecache")
         #: Sources waiting for linecache to be imported, by filename.
         self._pending: dict[str, str] = {}
-        self._temporary: list[str] = []
-        #: Compiled code of recent sources that define nothing (see compile_exec).
-        self._cache: dict[tuple[str, str], tuple[CodeType | None, CodeType | None]] = {}
+        #: The filename of the running op's source if it is dropped at the end (one op
+        #: at a time, one source per op).
+        self._temporary: str | None = None
+        #: Compiled code of recent sources that define nothing, by mode and source (see
+        #: compile_code).
+        self._exec_cache: dict[str, tuple[CodeType | None, CodeType | None]] = {}
+        self._eval_cache: dict[str, tuple[CodeType | None, CodeType | None]] = {}
 
     # -- sources --------------------------------------------------------------------------
 
     def remember(self, filename: str, source: str, keep: bool) -> None:
         if not keep:
-            self._temporary.append(filename)
+            self._temporary = filename
         if self._linecache is not None:
             self._register(filename, source)
         else:
@@ -73,12 +77,11 @@ class Executor:
 
     def forget_temporary(self) -> None:
         """Drop the sources of the op that just ended if nothing can refer to them."""
-        if not self._temporary:
-            return
-        store = self._linecache.cache if self._linecache is not None else self._pending
-        for name in self._temporary:
+        name = self._temporary
+        if name is not None:
+            self._temporary = None
+            store = self._linecache.cache if self._linecache is not None else self._pending
             store.pop(name, None)
-        self._temporary.clear()
 
     def on_linecache_import(self, module: ModuleType) -> None:
         self._linecache = module
@@ -95,25 +98,35 @@ class Executor:
 
     def compile_exec(self, source: str, filename: str) -> tuple[CodeType | None, CodeType | None]:
         """(code for all statements, code of a final expression or None)."""
-        return self._compile("exec", source, filename)
+        return self.compile_code("exec", source, filename)
 
     def compile_eval(self, source: str, filename: str) -> CodeType:
-        expr = self._compile("eval", source, filename)[1]
+        expr = self.compile_code("eval", source, filename)[1]
         assert expr is not None
         return expr
 
-    def _compile(
+    def compile_code(
         self, mode: str, source: str, filename: str
     ) -> tuple[CodeType | None, CodeType | None]:
+        """Compile ``source`` in ``mode`` ("exec" or "eval") under ``filename``.
+
+        Returns (code of the statements, code of a final expression); for "eval" the first
+        is None and the second the expression. Raises what ``compile()`` raises.
+        """
         # Clients often send the same small snippet again and again (polling a value):
         # code that defines nothing is cached and only renamed, which is 30x cheaper than
         # compiling it. Code that defines functions or classes is compiled each time, so
         # that their code objects carry their own op's filename.
-        key = (mode, source)
-        hit = self._cache.get(key)
+        cache = self._exec_cache if mode == "exec" else self._eval_cache
+        hit = cache.get(source)
         if hit is not None:
             head, expr = hit
-            self.remember(filename, source, False)
+            # remember(filename, source, False), inline: this is the round trip's path.
+            self._temporary = filename
+            if self._linecache is not None:
+                self._register(filename, source)
+            else:
+                self._pending[filename] = source
             return (
                 None if head is None else head.replace(co_filename=filename),
                 None if expr is None else expr.replace(co_filename=filename),
@@ -127,9 +140,10 @@ class Executor:
         )
         self.remember(filename, source, keep)
         if not keep and len(source) <= CACHE_MAX_SOURCE:
-            if len(self._cache) >= CACHE_ENTRIES:
-                self._cache.clear()
-            self._cache[key] = (head, expr)
+            if len(self._exec_cache) + len(self._eval_cache) >= CACHE_ENTRIES:
+                self._exec_cache.clear()
+                self._eval_cache.clear()
+            cache[source] = (head, expr)
         return head, expr
 
     def _compile_statements(self, source: str, filename: str) -> tuple[CodeType, CodeType | None]:

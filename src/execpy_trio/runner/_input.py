@@ -45,6 +45,7 @@ class _OpInput:
         "reply",
         "sent",
         "turn",
+        "written",
     )
 
     def __init__(self, op: int, canned: str | None, allow: bool) -> None:
@@ -52,13 +53,23 @@ class _OpInput:
         self.canned = canned or ""
         self.allow = allow
         self.ended = op == 0
-        self.mutex = _thread.allocate_lock()  # guards sent/replied/reply/ended
-        self.turn = _thread.allocate_lock()  # one reader at a time
-        self.ready = _thread.allocate_lock()  # released when a reply is there
-        self.ready.acquire()
         self.sent = False
+        self.written = False
         self.replied = False
         self.reply: str | None = None
+        # The locks are needed only where a request can be sent; most ops allow no stdin,
+        # and allocating three locks per op showed up in the round trip.
+        if allow:
+            self.mutex = _thread.allocate_lock()  # guards sent/replied/reply/ended
+            self.turn = _thread.allocate_lock()  # one reader at a time
+            # Released when a reply is there (once per request); taken back when the reply
+            # is taken. So it is unlocked only while ``replied`` is true.
+            self.ready = _thread.allocate_lock()
+            self.ready.acquire()
+
+    def mark_written(self) -> None:
+        """Called by the sender once the request's frame is on the wire."""
+        self.written = True
 
     def take_canned(self, size: int) -> str:
         """Up to one line (at most ``size`` characters if size >= 0) of canned text."""
@@ -73,9 +84,11 @@ class _OpInput:
 class Input:
     """Installs ``sys.stdin``, ``input`` and (when imported) ``getpass.getpass``."""
 
-    def __init__(self, send_request: Callable[[InputRequest], None]) -> None:
+    def __init__(self, send_request: Callable[[InputRequest, Callable[[], None]], None]) -> None:
         self._send_request = send_request
-        self._state = _OpInput(0, None, False)
+        #: The state of ops without stdin, and of no op: reads are end of file at once.
+        self._no_input = _OpInput(0, None, False)
+        self._state = self._no_input
         self.stdin = _Stdin(self)
         sys.stdin = self.stdin
         sys.__stdin__ = self.stdin  # type: ignore[misc,assignment]
@@ -86,10 +99,19 @@ class Input:
     # -- per op (main thread) and replies (I/O thread) -----------------------------------
 
     def begin(self, op: int, canned: str | None, allow: bool) -> None:
-        self._state = _OpInput(op, canned, allow)
+        if canned or allow:
+            self._state = _OpInput(op, canned, allow)
+        else:
+            self._state = self._no_input  # end of file at once: nothing per op to keep
 
     def finish(self) -> None:
         st = self._state
+        if st is self._no_input:
+            return
+        self._state = self._no_input  # reading while no op runs is end of file
+        if not st.allow:  # no request can be outstanding, nobody can be waiting
+            st.ended = True
+            return
         with st.mutex:
             st.ended = True
             if st.sent and not st.replied:
@@ -99,6 +121,8 @@ class Input:
 
     def deliver(self, op: int, text: str | None) -> None:
         st = self._state
+        if not st.allow:
+            return  # no op, or one that cannot ask: nothing waits for a reply
         with st.mutex:
             if st.op != op or not st.sent or st.replied:
                 return  # for an op that ended, or not asked for: nothing waits for it
@@ -107,7 +131,13 @@ class Input:
             st.ready.release()
 
     def _request(self, st: _OpInput, prompt: str, password: bool) -> str | None:
-        """Ask the client for one line; None means end of file. Interruptible (cancel)."""
+        """Ask the client for one line; None means end of file. Interruptible (cancel).
+
+        A cancel raises KeyboardInterrupt in the main thread at any point in here: while
+        it waits, but also just after the reply came and before it was taken. Either way
+        the request stays outstanding (``sent``), and the reply, if it came, stays in
+        ``reply``: the next read takes it without asking again.
+        """
         with st.turn:
             with st.mutex:
                 if st.ended:
@@ -115,19 +145,26 @@ class Input:
                 must_send = not st.sent
                 if must_send:
                     st.sent = True
+                    st.written = False
                     st.replied = False
             if must_send:
                 try:
-                    self._send_request(InputRequest(st.op, prompt, password))
+                    # KeyboardInterrupt may come out of here after the frame was written
+                    # (a cancel held back while it was written): then it is outstanding.
+                    self._send_request(InputRequest(st.op, prompt, password), st.mark_written)
                 except BaseException:
-                    with st.mutex:
-                        st.sent = False
+                    if not st.written:
+                        with st.mutex:
+                            st.sent = False
                     raise
-            st.ready.acquire()  # a cancel raises KeyboardInterrupt here
-            with st.mutex:
-                st.sent = False
-                st.replied = False
-                return st.reply
+            while True:
+                with st.mutex:
+                    if st.replied:
+                        reply = st.reply
+                        st.ready.acquire(False)  # the wake-up, if not used up yet
+                        st.sent = st.replied = False
+                        return reply
+                st.ready.acquire()  # a cancel raises KeyboardInterrupt here
 
     # -- the reading API ------------------------------------------------------------------
 

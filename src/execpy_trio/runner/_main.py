@@ -69,6 +69,7 @@ from ._channel import Channel, ChannelLost
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     import signal as _signal
+    from collections.abc import Callable
     from types import CodeType, FrameType
     from typing import Any, NoReturn
 else:
@@ -366,14 +367,16 @@ class Runner:
         if self.cancel_requested and not self.interrupt_delivered and self._op_active:
             _signal.pthread_kill(self.main_ident, _signal.SIGINT)
 
-    def _send_input_request(self, msg: InputRequest) -> None:
+    def _send_input_request(self, msg: InputRequest, written: Callable[[], None]) -> None:
         if _thread.get_ident() != self.main_ident:
             self._send_or_lose(msg)
+            written()
             return
         previous = self.phase
         self.phase = PROTECTED
         try:
             self._send_or_lose(msg)
+            written()
         finally:
             self.phase = previous
         if self.deferred_interrupt and previous == RUNNING:
@@ -479,17 +482,18 @@ class Runner:
     # -- one op ---------------------------------------------------------------------------
 
     def _run_op(self, msg: Exec | Eval) -> None:
+        # This is the round trip's path: it avoids calls and allocations where it can.
         op = msg.op
         chan = self.channel
         self.phase = PREPARING
         self.running_op = op
-        self.cancel_requested = False
-        self.interrupt_delivered = False
-        self.deferred_interrupt = False
-        if type(msg) is Exec:
+        self.cancel_requested = self.interrupt_delivered = self.deferred_interrupt = False
+        # Input's state between ops is that of an op without stdin: set it up only if used.
+        if type(msg) is Exec and (msg.stdin or msg.allow_stdin):
+            with_input = True
             self.input.begin(op, msg.stdin, msg.allow_stdin)
         else:
-            self.input.begin(op, None, False)
+            with_input = False
         self.capture.begin(op)
         # Hand reading to the I/O thread (lock first: see _channel's theory of operation).
         chan.read_lock.release()
@@ -505,7 +509,8 @@ class Runner:
 
         self.phase = FINISHING
         self.capture.finish(op)
-        self.input.finish()
+        if with_input:
+            self.input.finish()
         with self._handoff:
             self._op_active = False
             wake = chan.reader_is_io
@@ -517,9 +522,8 @@ class Runner:
         self.phase = IDLE
         if self.lost:
             self.exit(EXIT_CHANNEL_LOST)
-        done = Done(op, status, value, error)
         try:
-            chan.send(done)
+            chan.send(Done(op, status, value, error))
         except LocalProtocolError as exc:
             # Too large for the client (a huge eval value is checked earlier; this is
             # the last line of defence): say so instead of failing the connection.
@@ -539,49 +543,46 @@ class Runner:
 
     def _execute(self, msg: Exec | Eval) -> tuple[str, Any, dict[str, str] | None]:
         ex = self.executor
-        is_exec = isinstance(msg, Exec)
+        ns = ex.ns
         head: CodeType | None
         expr: CodeType | None
         try:
             if msg.variables:
-                ex.ns.update(msg.variables)
+                ns.update(msg.variables)
             if isinstance(msg, Exec):
-                head, expr = ex.compile_exec(msg.code, f"<exec-{msg.op}>")
+                is_exec = True
+                head, expr = ex.compile_code("exec", msg.code, f"<exec-{msg.op}>")
             else:
-                head, expr = None, ex.compile_eval(msg.expr, f"<eval-{msg.op}>")
+                is_exec = False
+                head, expr = ex.compile_code("eval", msg.expr, f"<eval-{msg.op}>")
         except BaseException as exc:  # SyntaxError, ValueError (NUL), RecursionError, ...
             return STATUS_ERROR, None, self._error(exc)
-        failure: BaseException | None
+        # The exceptions are never bound to a local that outlives its handler: the
+        # traceback holds this frame, and that would make a reference cycle.
         try:
-            failure, value = self._run_user_code(head, expr, is_exec)
-        except KeyboardInterrupt as ki:  # landed between user code and the phase change
-            failure, value = ki, None
-        self.phase = FINISHING
-        if failure is None:
-            return STATUS_OK, value, None
-        if type(failure) is KeyboardInterrupt and self.cancel_requested:
-            return STATUS_CANCELLED, None, self._error(failure)
-        return STATUS_ERROR, None, self._error(failure)
+            try:
+                self.phase = RUNNING
+                if self.cancel_requested:
+                    raise KeyboardInterrupt
+                value = None
+                if head is not None:
+                    exec(head, ns)
+                if expr is not None:
+                    value = eval(expr, ns)
+                    value = self._exec_value(value) if is_exec else self._eval_value(value)
+                self.phase = FINISHING
+                return STATUS_OK, value, None
+            except BaseException as exc:
+                self.phase = FINISHING
+                return self._failed(exc)
+        except KeyboardInterrupt as ki:  # landed in the handler above, before FINISHING
+            self.phase = FINISHING
+            return self._failed(ki)
 
-    def _run_user_code(
-        self, head: CodeType | None, expr: CodeType | None, is_exec: bool
-    ) -> tuple[BaseException | None, Any]:
-        ns = self.executor.ns
-        try:
-            self.phase = RUNNING
-            if self.cancel_requested:
-                raise KeyboardInterrupt
-            if head is not None:
-                exec(head, ns)
-            value = None
-            if expr is not None:
-                value = eval(expr, ns)
-                value = self._exec_value(value) if is_exec else self._eval_value(value)
-            self.phase = FINISHING
-            return None, value
-        except BaseException as exc:
-            self.phase = FINISHING
-            return exc, None
+    def _failed(self, exc: BaseException) -> tuple[str, Any, dict[str, str] | None]:
+        if type(exc) is KeyboardInterrupt and self.cancel_requested:
+            return STATUS_CANCELLED, None, self._error(exc)
+        return STATUS_ERROR, None, self._error(exc)
 
     def _value_limit(self) -> int:
         return max(1024, self.conn.peer_max_frame // 4)
