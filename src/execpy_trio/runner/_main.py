@@ -364,8 +364,12 @@ class Runner:
         # subprocess.call() with a shell do, during their wait) is lost. Until the handler
         # has raised once, send it again now and then: never twice after it raised, so
         # cleanup code after the KeyboardInterrupt is not interrupted a second time.
+        # The children get it again too: one that was being spawned when the first came
+        # (os.system() forks with SIGINT ignored until the child resets it) missed it, and
+        # the main thread waits for that child.
         if self.cancel_requested and not self.interrupt_delivered and self._op_active:
             _signal.pthread_kill(self.main_ident, _signal.SIGINT)
+            self.signal_children(_signal.SIGINT)
 
     def _send_input_request(self, msg: InputRequest, written: Callable[[], None]) -> None:
         if _thread.get_ident() != self.main_ident:
