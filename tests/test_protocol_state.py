@@ -961,3 +961,26 @@ def test_big_output_frames_take_the_decoders_shortcut() -> None:
     deliver(runner, client, Output(1, "stderr", b"e" * 3000))
     deliver(runner, client, Output(1, "stderr", b"e" * 100))  # small: not offered
     assert len(answers) == 1 and answers[0] == Output(1, "stderr", b"e" * 3000)
+
+
+@pytest.mark.parametrize("size", [1, 255, 256, 65535, 65536])
+def test_send_pieces_is_send_split_around_the_output_payload(size: int) -> None:
+    # Two identical pairs: one sends with send(), the other with send_pieces().
+    (c1, r1), (c2, r2) = handshaken(), handshaken()
+    deliver(c1, r1, Exec(1, "x"))
+    deliver(c2, r2, Exec(1, "x"))
+    payload = bytes(range(256)) * (size // 256) + b"z" * (size % 256)
+    whole = r1.send(Output(1, "stdout", payload))
+    pieces = r2.send_pieces(Output(1, "stdout", payload))
+    assert len(pieces) == 2 and pieces[1] is payload  # the payload itself, not a copy
+    assert b"".join(pieces) == whole
+    assert shared(r1) == shared(r2)
+    # Other messages come whole, as one piece, and step the machines the same way.
+    assert r2.send_pieces(Done(1, "ok")) == (r1.send(Done(1, "ok")),)
+    assert shared(r1) == shared(r2)
+    # An illegal message is refused by both, with nothing changed.
+    for conn, send in ((r1, r1.send), (r2, r2.send_pieces)):
+        before = shared(conn)
+        with pytest.raises(LocalProtocolError):
+            send(Output(1, "stdout", b"late"))
+        assert shared(conn) == before

@@ -416,3 +416,32 @@ def test_constant_and_docstring_last_statements_have_values(client: RunnerClient
     assert client.exec("x = 1\n'a' 'b'").value == "'ab'"
     assert client.exec("-(2 ** 3)").value == "-8"
     assert client.exec("(1, 2)").value == "(1, 2)"
+
+
+def test_channel_write_pieces_finishes_a_short_writev(monkeypatch: pytest.MonkeyPatch) -> None:
+    # writev may write less than asked (a signal, a full socket buffer): the rest must
+    # follow in order, or the frame stream is corrupt.
+    import os
+    import socket
+
+    from execpy_trio.protocol import Connection
+    from execpy_trio.runner import _channel
+
+    a, b = socket.socketpair()
+    b.settimeout(5)  # a lost tail must fail the test, not hang it
+    try:
+        chan = _channel.Channel(a.fileno(), a.fileno(), Connection("runner"), lambda _t: None)
+        real_writev = os.writev
+        monkeypatch.setattr(
+            _channel.os, "writev", lambda fd, pieces: real_writev(fd, [pieces[0][:3]])
+        )
+        pieces = (b"head-bytes", b"payload" * 1000)
+        chan.write_pieces(pieces)
+        expected = b"".join(pieces)
+        got = b""
+        while len(got) < len(expected):
+            got += b.recv(65536)
+        assert got == expected
+    finally:
+        a.close()
+        b.close()

@@ -132,14 +132,31 @@ class Connection:
 
     def send(self, msg: Message) -> bytes:
         """Check ``msg`` is legal now, apply it, and return its frame's bytes."""
+        data = self._send(msg)
+        if type(data) is tuple:
+            return b"".join(data)
+        return data  # type: ignore[return-value]
+
+    def send_pieces(self, msg: Message) -> tuple[bytes, ...]:
+        """As :meth:`send`, but return the frame as pieces to write in order (``writev``).
+
+        An output frame comes as (everything before the payload, the payload), so a writer
+        that writes the pieces with one ``os.writev`` never copies the payload itself.
+        """
+        data = self._send(msg)
+        if type(data) is tuple:
+            return data
+        return (data,)  # type: ignore[return-value]
+
+    def _send(self, msg: Message) -> bytes | tuple[bytes, bytes]:
         if type(msg) is Error and msg.fatal and not self._sent_fatal:
             # A failing side may always report why, once, even from ERROR.
-            data = self._encode_wire(msg, checked_wire(msg))
+            fatal = self._encode_wire(msg, checked_wire(msg))
             self._sent_fatal = True
             self.state = S.ERROR
             if self.trace is not None:
                 self.trace("send", msg)
-            return data
+            return fatal
         cls = type(msg)
         if cls is UnknownMessage:
             raise LocalProtocolError("UnknownMessage is a received event; it cannot be sent")
@@ -164,7 +181,8 @@ class Connection:
             problem = msg.problem()
             if problem is not None:
                 raise LocalProtocolError(problem, error_code="bad-message")
-            data = self._encode_output(msg)  # before any state change: too-large raises here
+            # Before any state change: a frame too large raises here.
+            data: bytes | tuple[bytes, bytes] = self._encode_output(msg)
         else:
             data = self._encode_wire(msg, checked_wire(msg))
         try:
@@ -178,10 +196,10 @@ class Connection:
     def _encode(self, msg: Message) -> bytes:
         """The frame of ``msg``; checks only its size against the peer's limit."""
         if type(msg) is Output:
-            return self._encode_output(msg)
+            return b"".join(self._encode_output(msg))
         return self._encode_wire(msg, msg.to_wire())
 
-    def _encode_output(self, msg: Output) -> bytes:
+    def _encode_output(self, msg: Output) -> tuple[bytes, bytes]:
         # Assemble an output frame around its payload so the payload is copied once;
         # the bytes are those msgpack would write (the golden vectors check it).
         payload = msg.data
@@ -199,7 +217,7 @@ class Connection:
         size = len(self._output_head) + len(bin_header) + n
         if size > self.peer_max_frame:
             self._check_size(msg, size)
-        return b"".join((HEADER.pack(size), self._output_head, bin_header, payload))
+        return b"".join((HEADER.pack(size), self._output_head, bin_header)), payload
 
     def _encode_wire(self, msg: Message, wire: dict[str, Any]) -> bytes:
         try:

@@ -81,8 +81,13 @@ class Channel:
             if self.broken:
                 raise ChannelLost("the channel is closed")
             with self.conn_lock:
-                data = self.conn.send(msg)
-            self.write_all(data)
+                pieces = self.conn.send_pieces(msg)
+            if len(pieces) == 1:
+                self.write_all(pieces[0])
+            else:
+                # An output frame: its head and payload in one writev, so the payload is
+                # never copied into a frame buffer (one 64 KiB copy less per chunk).
+                self.write_pieces(pieces)
             if self._control:
                 self._flush_control()
         if self._control:
@@ -123,6 +128,20 @@ class Channel:
                 view = memoryview(data)
                 while n < len(data):
                     n += os.write(self.wfd, view[n:])
+        except OSError as exc:
+            self.broken = True
+            raise ChannelLost(f"writing to the channel failed: {exc}") from exc
+
+    def write_pieces(self, pieces: tuple[bytes, ...]) -> None:
+        try:
+            n = os.writev(self.wfd, pieces)
+            total = sum(len(p) for p in pieces)
+            if n < total:
+                # A short write (a signal, or a full socket buffer on a non-blocking fd):
+                # finish with plain writes from where it stopped.
+                rest = memoryview(b"".join(pieces))[n:]
+                while len(rest):
+                    rest = rest[os.write(self.wfd, rest) :]
         except OSError as exc:
             self.broken = True
             raise ChannelLost(f"writing to the channel failed: {exc}") from exc
