@@ -66,23 +66,22 @@ def _spawn_runner() -> tuple[subprocess.Popen[bytes], socket.socket, Connection]
 
 
 class _Reader:
-    """Reads frames into one reused buffer (no per-read allocation)."""
+    """Reads 256 KiB at a time as ``bytes``, which the decoder reads frames from in place
+    (a reused ``bytearray`` would have to be copied into the decoder's buffer instead)."""
 
     def __init__(self, sock: socket.socket, conn: Connection) -> None:
         self.sock = sock
         self.conn = conn
-        self.buf = bytearray(1 << 18)
-        self.view = memoryview(self.buf)
 
     def next(self) -> Any:
         while True:
             ev = self.conn.next_event()
             if ev is not NEED_DATA:
                 return ev
-            n = self.sock.recv_into(self.buf)
-            if not n:
+            data = self.sock.recv(1 << 18)
+            if not data:
                 raise EOFError("runner closed the channel")
-            self.conn.receive_data(self.view[:n])
+            self.conn.receive_data(data)
 
 
 def _close(proc: subprocess.Popen[bytes], sock: socket.socket, conn: Connection) -> None:
