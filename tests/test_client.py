@@ -555,6 +555,29 @@ async def test_unanswered_cancel_kills_after_grace(autojump_clock: trio.abc.Cloc
             await runner.exec("x")
 
 
+async def test_stream_result_after_an_unanswered_cancel(autojump_clock: trio.abc.Clock) -> None:
+    # The caller's scope swallowed the Cancelled; the result must still say what happened
+    # and keep the output that came, not raise "has not finished".
+    async def script(fake: FakeRunner) -> None:
+        await fake.handshake()
+        req = await fake.expect(P.Exec)
+        await fake.send(P.Output(req.op, "stdout", b"partial\n"))
+        await fake.expect(P.Cancel)
+        msg = await fake.receive()
+        assert isinstance(msg, P.ConnectionClosed)
+
+    async with scripted(script, cancel_grace=1) as (runner, _fake):
+        with trio.move_on_after(5):
+            async with runner.exec_stream("while True: pass") as op:
+                async for _event in op:
+                    pass
+        assert runner.state == "dead"
+        assert op.result.status == "cancelled"
+        assert op.result.stdout == "partial\n"
+        assert op.result.error is not None and op.result.error.type == "RunnerDied"
+        assert "cancel_grace=1" in op.result.error.message
+
+
 async def test_abandoned_stream_is_cancelled() -> None:
     async def script(fake: FakeRunner) -> None:
         await fake.handshake()

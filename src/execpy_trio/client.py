@@ -344,6 +344,17 @@ class Operation:
             raise OperationRejected(self.op_id, msg.code, msg.message)
         return None  # pragma: no cover - the transport routes nothing else here
 
+    def _killed(self, reason: str) -> None:
+        """The runner was killed for not completing this cancelled op: say so in .result
+        (with the output that came), for a caller whose cancel scope ate the Cancelled."""
+        self._result = ExecResult(
+            STATUS_CANCELLED,
+            None,
+            _joined(self._chunks["stdout"]),
+            _joined(self._chunks["stderr"]),
+            ErrorInfo("RunnerDied", reason, ""),
+        )
+
     def _reject(self) -> None:
         self._finished = True
         self._result = ExecResult(STATUS_CANCELLED)
@@ -702,10 +713,12 @@ class Runner:
                 if not op.finished:
                     return  # the channel ended: the connection broke; callers report it
             if not op.finished and self._transport.state == OPEN:
-                await self.kill(
+                reason = (
                     f"it did not complete {op.description} within cancel_grace="
                     f"{self.cancel_grace} s after a cancel, so the client killed it"
                 )
+                op._killed(reason)
+                await self.kill(reason)
 
     # -- death, closing -------------------------------------------------------------------
 
