@@ -744,3 +744,28 @@ async def test_bad_options_fail_before_starting() -> None:
     with pytest.raises(ValueError, match="op_buffer"):
         async with ex.open_runner(op_buffer=0):
             pass  # pragma: no cover
+
+
+async def test_stderr_tail_stays_bounded_without_newlines() -> None:
+    from execpy_trio._transport import Transport
+    from execpy_trio.client import STDERR_LINE_MAX, Runner
+
+    ours, _theirs = trio.testing.memory_stream_pair()
+    runner = Runner(
+        Transport(ours),
+        process=None,
+        cancel_grace=1.0,
+        shutdown_timeout=1.0,
+        handshake_timeout=1.0,
+        kill_group=False,
+    )
+    send, receive = trio.testing.memory_stream_one_way_pair()
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner._read_stderr, receive)
+        for _ in range(64):  # 4 MiB in one line: a peer that never ends its line
+            await send.send_all(b"x" * 65536)
+        await send.send_all(b"y\nlast")
+        await send.aclose()
+    tail = runner.stderr_tail()
+    assert tail[-1] == "last"
+    assert tail[-2] == "x" * (STDERR_LINE_MAX - 1) + "y"

@@ -95,6 +95,27 @@ def test_no_hello_times_out_with_a_diagnostic() -> None:
         c.close()
 
 
+def test_hello_timeout_is_a_deadline_even_for_a_trickled_frame() -> None:
+    # A byte every 0.15 s never lets a 0.5 s wait pass without data: the bound must be on
+    # the whole hello, not on each read.
+    c = RunnerClient(handshake=False, args=("--hello-timeout", "0.5"))
+    try:
+        data = frame(pack_body(Hello(PROTOCOL_VERSION, "t", "0", 1 << 20).to_wire()))
+        t0 = time.monotonic()
+        for byte in data[:-1]:
+            if c.proc.poll() is not None:
+                break
+            try:
+                c.send_raw(bytes((byte,)))
+            except OSError:
+                break  # the runner went away between poll() and the write
+            time.sleep(0.15)
+        assert c.wait(5) == EXIT_HANDSHAKE_TIMEOUT
+        assert time.monotonic() - t0 < 2.0
+    finally:
+        c.close()
+
+
 def test_major_version_mismatch_is_fatal() -> None:
     c = RunnerClient(handshake=False)
     try:

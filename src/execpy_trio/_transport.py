@@ -351,9 +351,7 @@ class Transport:
         self._wake_all()
 
     def _wake_all(self) -> None:
-        for channel in self._ops.values():
-            channel.end()
-        self._ops.clear()
+        self.drop_ops()
         for event in self._pings.values():
             event.set()
         self._pings.clear()

@@ -159,6 +159,9 @@ async def _stream(runner: Runner, code: str) -> ExecResult:
                         out.buffer.write(event.data)
                         out.buffer.flush()
                     else:
+                        # Stays None if Ctrl-C cancels the read: then answer with end of
+                        # input (the interrupted request is still outstanding).
+                        line: str | None = None
                         with trio.CancelScope() as input_scope:
                             line = await _read_line(event)
                         input_scope = None

@@ -95,6 +95,10 @@ __all__ = [
 DEFAULT_COMMAND: Final = (sys.executable, "-m", "execpy_trio.runner")
 #: How many lines of the runner's own stderr are kept for error messages.
 STDERR_TAIL_LINES: Final = 50
+#: How many characters of one line of the runner's own stderr are kept (its end). A peer
+#: may write without newlines: without a cap, memory and the re-joining of the unfinished
+#: line would grow without bound.
+STDERR_LINE_MAX: Final = 4096
 #: After the connection ends, how long to wait for the runner process to exit (to report
 #: its exit status) before killing it.
 EXIT_WAIT: Final = 2.0
@@ -445,7 +449,6 @@ class Runner:
         self._stderr_lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._stderr_partial = ""
         self._stderr_done = trio.Event()
-        self._exited = trio.Event()
         self._close_requested = trio.Event()
         self._finished = trio.Event()
         self._busy = False
@@ -860,7 +863,6 @@ class Runner:
     async def _watch_process(self) -> None:
         assert self.process is not None
         await self.process.wait()
-        self._exited.set()
         # The runner is gone. Normally the reader has seen EOF already; if something else
         # still holds the connection open (a child that inherited it), do not wait forever.
         with trio.move_on_after(0.5):
@@ -879,8 +881,9 @@ class Runner:
                 if not data:
                     break
                 text = self._stderr_partial + decoder.decode(data)
-                *lines, self._stderr_partial = text.split("\n")
-                self._stderr_lines.extend(lines)
+                *lines, partial = text.split("\n")
+                self._stderr_lines.extend(x[-STDERR_LINE_MAX:] for x in lines[-STDERR_TAIL_LINES:])
+                self._stderr_partial = partial[-STDERR_LINE_MAX:]
         finally:
             self._stderr_done.set()
 

@@ -23,6 +23,13 @@ def _child_pid_from(client: RunnerClient, code: str) -> tuple[int, int]:
     return op, int(out.data)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User plus system CPU time of a process (Linux /proc)."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def test_channel_closed_mid_op_kills_runner_and_children() -> None:
     client = RunnerClient()
     try:
@@ -51,7 +58,11 @@ def test_channel_closed_mid_op_in_c_code_that_ignores_signals() -> None:
             "print('go', flush=True)\ntime.sleep(100)"
         )
         assert isinstance(client.recv(5), Output)
+        cpu_before = _cpu_seconds(client.pid)
         client.close_channel()
+        time.sleep(0.5)
+        # Waiting out the grace must not busy-poll the closed channel.
+        assert _cpu_seconds(client.pid) - cpu_before < 0.25
         assert client.wait(4) == EXIT_CHANNEL_LOST
     finally:
         client.close()

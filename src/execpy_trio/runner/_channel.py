@@ -29,6 +29,7 @@ from __future__ import annotations
 import _thread
 import os
 import select
+import time
 
 from execpy_trio.protocol import (
     NEED_DATA,
@@ -203,9 +204,16 @@ class Channel:
         with lock:
             self.state_at_read = conn.state
             ev = conn.next_event()
+        deadline = 0.0
+        if timeout_ms is not None:
+            deadline = time.monotonic() + timeout_ms / 1000
         while ev is NEED_DATA:
-            if timeout_ms is not None and not self._readable.poll(timeout_ms):
-                return NEED_DATA
+            if timeout_ms is not None:
+                # One bound for the whole frame, not per chunk: a peer that trickles a
+                # frame byte by byte must not stretch the wait without end.
+                remaining = int((deadline - time.monotonic()) * 1000) + 1
+                if remaining <= 0 or not self._readable.poll(remaining):
+                    return NEED_DATA
             data = self._read_chunk()
             with lock:
                 conn.receive_data(data)

@@ -682,6 +682,10 @@ class Runner:
                     self.parent_died()
                 else:
                     self._io_read()
+                    if self.lost:
+                        # End of stream stays readable: polling it again would spin at full
+                        # CPU (and take the GIL from the unwinding op) until the exit.
+                        busy.unregister(chan.rfd)
             if watch_ppid and os.getppid() != self.ppid:
                 self.parent_died()
             took_over = False
