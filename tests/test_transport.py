@@ -185,7 +185,7 @@ async def test_backpressure_stops_the_reader(autojump_clock: trio.abc.Clock) -> 
 
 
 async def test_send_timeout_breaks_it(autojump_clock: trio.abc.Clock) -> None:
-    async with connected(lockstep=True, send_timeout=3) as (t, _peer, _):
+    async with connected(lockstep=True, write_timeout=3) as (t, _peer, _):
         start = trio.current_time()
         with pytest.raises(TransportBroken, match="not reading"):
             await t.send(P.Ping(1))  # the peer never reads
@@ -273,7 +273,7 @@ async def test_socket_partial_write_goes_out_whole_despite_cancel() -> None:
 
 
 async def test_socket_send_timeout_breaks_it(autojump_clock: trio.abc.Clock) -> None:
-    async with connected(sockets=True, send_timeout=3) as (t, _peer, _):
+    async with connected(sockets=True, write_timeout=3) as (t, _peer, _):
         start = trio.current_time()
         with pytest.raises(TransportBroken, match="not reading"):
             await t.send(P.Exec(1, BIG))  # the peer never reads

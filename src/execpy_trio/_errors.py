@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, NoReturn
 from .protocol import ExecpyError, LocalProtocolError, ProtocolError, RemoteProtocolError
 
 if TYPE_CHECKING:
-    from .client import ExecResult
+    from ._results import ExecResult
 
 if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]

@@ -16,18 +16,12 @@ from ._errors import (
     RunnerDied,
     RunnerStartError,
 )
-from .client import (
-    ErrorInfo,
-    ExecResult,
-    InputRequest,
-    Operation,
-    Output,
-    Runner,
-    RunnerStatistics,
-    connect_runner,
-    open_runner,
-    start_runner,
-)
+from ._open import connect_runner, open_runner, start_runner
+from ._operation import Operation
+from ._options import RunnerOptions
+from ._results import ErrorInfo, ExecResult, InputRequest, Output
+from ._session import Runner, RunnerStatistics
+from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
 
 __all__ = [
     "CodeError",
@@ -35,6 +29,8 @@ __all__ = [
     "ExecResult",
     "ExecpyError",
     "InputRequest",
+    "Launcher",
+    "LocalLauncher",
     "LocalProtocolError",
     "Operation",
     "OperationRejected",
@@ -43,8 +39,11 @@ __all__ = [
     "RemoteProtocolError",
     "Runner",
     "RunnerDied",
+    "RunnerHandle",
+    "RunnerOptions",
     "RunnerStartError",
     "RunnerStatistics",
+    "StreamLauncher",
     "connect_runner",
     "open_runner",
     "start_runner",

@@ -11,14 +11,20 @@ by its owner in a nursery) that decodes frames and routes each message:
   *before* the request is sent (so no answer can arrive for an op nobody listens to);
 * ``pong`` wakes the :meth:`Transport.ping` waiting for that token;
 * an ``error`` without an op is logged; a fatal one breaks the transport;
-* an unknown kind is answered with a non-fatal ``unknown-kind`` error, then ignored.
+* an unknown kind is answered with a non-fatal ``unknown-kind`` error, then ignored. The
+  reader never waits to write that answer: it goes into a small queue that a notice writer
+  task (owned by the reader) sends; when the queue is full, the answer is dropped and
+  counted (``notices_dropped``). A peer that floods unknown kinds while not reading cannot
+  stall the reader.
 
 Writes go through one FIFO lock, and the sans-IO ``send`` happens under it, so the order of
 the connection's state changes is the order of the bytes on the wire. A frame is written
 whole or the transport is broken: the write is shielded from cancellation (a half-written
-frame would corrupt the stream), and bounded by ``send_timeout`` instead, after which the
-transport is broken. So cancelling a caller delays it by at most that long, and in practice
-not at all, since the runner always reads.
+frame would corrupt the stream), and bounded by ``write_timeout`` instead, after which the
+transport is broken. The timeout measures progress, not total time: it is the longest the
+peer may go without accepting a byte, so a slow but live peer is never declared dead. A
+caller cancelled while its frame is being written gets ``Cancelled`` at its next
+checkpoint, once the frame is out.
 
 Fast paths (a round trip is a few tens of microseconds, so per-message overhead shows):
 when the stream is a socket or a file descriptor (``trio.SocketStream``,
@@ -32,9 +38,11 @@ never makes the reader yield (the reader yields on every read anyway).
 States: ``OPEN``; ``BROKEN`` (the peer ended the stream, sent something invalid, or the
 stream failed: :meth:`Transport.send` raises :class:`TransportBroken`, whose ``cause`` says
 why); ``CLOSED`` (this side called :meth:`Transport.aclose`: :class:`trio.ClosedResourceError`,
-as for any Trio resource we closed ourselves). Both are permanent. When the reader stops,
-every op channel is closed, so every consumer wakes up (``EndOfChannel``) and can ask
-:attr:`Transport.failure` why.
+as for any Trio resource we closed ourselves). Both are permanent. Breaking the transport
+stops the reader; when the reader stops, it first awaits its owner's ``before_release``
+callback (the session decides there, once, how the runner ended), and only then ends every
+op channel and wakes every ping, so every consumer wakes up (``EndOfChannel``) to an answer
+that is already known.
 
 Backpressure
 ------------
@@ -80,7 +88,7 @@ from .protocol import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     from trio.abc import Stream
     from trio.lowlevel import Task
@@ -106,9 +114,14 @@ CLOSED: Final = "CLOSED"
 #: output frames per read most decode in place (measured: 256 KiB beats 64 and 128 KiB,
 #: 512 KiB gains nothing; the round trip does not care).
 RECEIVE_SIZE: Final = 256 * 1024
+#: A frame that does not fit the OS buffer at once is written in pieces of this size when
+#: the stream is not a plain descriptor, so that progress can be measured between pieces.
+WRITE_PIECE: Final = 64 * 1024
+#: Answers to notices (``unknown-kind``) waiting to be written; more are dropped.
+NOTICE_QUEUE: Final = 16
 
 
-class TransportBroken(ExecpyError):
+class TransportBroken(ExecpyError, trio.BrokenResourceError):
     """The connection to the runner is broken. ``cause`` is the underlying failure:
     a :class:`~execpy_trio.RemoteProtocolError`, :class:`PeerClosed`, or a stream error."""
 
@@ -283,6 +296,7 @@ class TransportStatistics:
     bytes_sent: int
     bytes_received: int
     ops_open: int
+    notices_dropped: int
 
 
 class Transport:
@@ -294,7 +308,7 @@ class Transport:
         *,
         max_frame: int = DEFAULT_MAX_FRAME,
         op_buffer: int = 16,
-        send_timeout: float = 10.0,
+        write_timeout: float = 10.0,
     ) -> None:
         if op_buffer < 1:
             raise ValueError(f"op_buffer must be at least 1, not {op_buffer}")
@@ -303,7 +317,8 @@ class Transport:
         self._write_lock = trio.StrictFIFOLock()
         self._fd_of = _fd_getter(stream)
         self._op_buffer = op_buffer
-        self.send_timeout = send_timeout
+        #: Seconds a frame write may go without progress before the transport breaks.
+        self.write_timeout = write_timeout
         self.state: str = OPEN
         #: Why the transport is BROKEN (None while OPEN or when we closed it).
         self.failure: BaseException | None = None
@@ -312,6 +327,11 @@ class Transport:
         self._tokens = itertools.count(1)
         #: Set when the reader task has finished (for any reason).
         self.reader_done = trio.Event()
+        self._reader_scope: trio.CancelScope | None = None
+        self.reader_started = False
+        self._notices: deque[Message] = deque()
+        self._notice_ready = trio.Event()
+        self._notices_dropped = 0
         self._frames_sent = 0
         self._frames_received = 0
         self._bytes_sent = 0
@@ -327,6 +347,7 @@ class Transport:
             bytes_sent=self._bytes_sent,
             bytes_received=self._bytes_received,
             ops_open=len(self._ops),
+            notices_dropped=self._notices_dropped,
         )
 
     @property
@@ -344,11 +365,18 @@ class Transport:
         )
 
     def _break(self, failure: BaseException) -> None:
-        """Move to BROKEN (unless already done or CLOSED) and wake every waiter."""
+        """Move to BROKEN (unless already done or CLOSED) and stop the reader, which wakes
+        every waiter once its owner knows why (or wake them now if no reader runs)."""
         if self.state == OPEN:
             self.state = BROKEN
             self.failure = failure
-        self._wake_all()
+        self._stop_reader()
+
+    def _stop_reader(self) -> None:
+        if self._reader_scope is not None:
+            self._reader_scope.cancel()
+        elif not self.reader_started:
+            self._wake_all()  # no reader will: nobody waits for the owner's verdict
 
     def _wake_all(self) -> None:
         self.drop_ops()
@@ -366,9 +394,9 @@ class Transport:
 
         Cancellation: a cancel point before anything is written, and cancellable while
         waiting for the write lock (in both cases nothing was sent). Once writing starts
-        the frame is written whole, shielded, within ``send_timeout`` seconds; if that
-        expires the transport is BROKEN. A schedule point, unless ``reply_follows``: the
-        caller is about to wait for the answer, which is one.
+        the frame is written whole, shielded; if the peer accepts no byte for
+        ``write_timeout`` seconds the transport is BROKEN. A schedule point, unless
+        ``reply_follows``: the caller is about to wait for the answer, which is one.
         """
         if self.state != OPEN:
             raise self._unusable(f"send {msg.KIND!r}")
@@ -393,7 +421,8 @@ class Transport:
         """Write one frame whole; True if that went through the stream (a checkpoint)."""
         size = len(data)
         fd_of = self._fd_of
-        if fd_of is not None and (fd := fd_of()) >= 0:
+        fd = fd_of() if fd_of is not None else -1
+        if fd >= 0:
             # One non-blocking write: a system call cannot be interrupted halfway, so it
             # needs neither a shield nor a timeout. Usually the frame fits in the OS buffer.
             try:
@@ -406,29 +435,52 @@ class Transport:
                 self._frames_sent += 1
                 self._bytes_sent += size
                 return False
-            if sent:
-                data = data[sent:]
+            self._bytes_sent += sent
+            rest = memoryview(data)[sent:]
+        else:
+            rest = memoryview(data)
         # A frame must go out whole: a cancel halfway would leave the peer mid-frame. One
-        # scope both shields and bounds the write (two nested scopes cost measurably more).
-        with trio.CancelScope(
-            shield=True, deadline=trio.current_time() + self.send_timeout
-        ) as timeout:
+        # scope both shields and bounds the write; its deadline moves on with every byte
+        # the peer accepts, so it bounds a stall, not the time a big frame takes.
+        with trio.CancelScope(shield=True) as scope:
+            scope.deadline = trio.current_time() + self.write_timeout
             try:
-                await self._stream.send_all(data)
+                if fd >= 0:
+                    await self._write_fd(fd, rest, scope)
+                else:
+                    await self._write_pieces(rest, scope)
             except trio.ClosedResourceError:
                 raise self._unusable(f"send {kind!r}") from None
             except (trio.BrokenResourceError, OSError) as exc:
                 raise self._write_failed(kind, exc) from exc
-        if timeout.cancelled_caught:
+        if scope.cancelled_caught:
             failure = TimeoutError(
-                f"writing a {kind!r} frame of {size} bytes took over "
-                f"{self.send_timeout} s: the runner is not reading"
+                f"writing a {kind!r} frame of {size} bytes made no progress for "
+                f"{self.write_timeout} s (write_timeout): the runner is not reading"
             )
             self._break(failure)
             raise TransportBroken(f"{failure}; the connection is now unusable", failure)
         self._frames_sent += 1
-        self._bytes_sent += size
         return True
+
+    async def _write_fd(self, fd: int, rest: memoryview, scope: trio.CancelScope) -> None:
+        while rest:
+            await trio.lowlevel.wait_writable(fd)
+            try:
+                sent = os.write(fd, rest)
+            except BlockingIOError:
+                continue
+            if sent:
+                self._bytes_sent += sent
+                rest = rest[sent:]
+                scope.deadline = trio.current_time() + self.write_timeout
+
+    async def _write_pieces(self, rest: memoryview, scope: trio.CancelScope) -> None:
+        for start in range(0, len(rest), WRITE_PIECE):
+            piece = rest[start : start + WRITE_PIECE]
+            await self._stream.send_all(piece)
+            self._bytes_sent += len(piece)
+            scope.deadline = trio.current_time() + self.write_timeout
 
     def _write_failed(self, kind: str, exc: BaseException) -> TransportBroken:
         self._break(exc)
@@ -502,12 +554,33 @@ class Transport:
 
     # -- reading --------------------------------------------------------------------------
 
-    async def run_reader(self) -> None:
+    async def run_reader(self, before_release: Callable[[], Awaitable[None]] | None = None) -> None:
         """The reader task: decode and route until the stream ends, fails, or is closed.
 
-        Never raises (except Cancelled): every failure is recorded in :attr:`failure` and
-        wakes the waiters. Run it in a nursery owned by whoever owns the transport.
+        Never raises (except Cancelled): every failure is recorded in :attr:`failure`.
+        When it stops it awaits ``before_release`` (shielded: the owner decides there why
+        the connection ended), then ends every op channel and wakes every waiter. Run it
+        in a nursery owned by whoever owns the transport; it owns the notice writer.
         """
+        self.reader_started = True
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._write_notices)
+                with trio.CancelScope() as self._reader_scope:
+                    if self.state == OPEN:
+                        await self._read_and_record()
+                nursery.cancel_scope.cancel()
+        finally:
+            self._reader_scope = None
+            try:
+                if before_release is not None:
+                    with trio.CancelScope(shield=True):
+                        await before_release()
+            finally:
+                self._wake_all()
+                self.reader_done.set()
+
+    async def _read_and_record(self) -> None:
         try:
             await self._read_loop()
         except RemoteProtocolError as exc:
@@ -524,9 +597,6 @@ class Transport:
             pass  # already recorded by _break
         except trio.ClosedResourceError:
             pass  # we closed it: state is CLOSED
-        finally:
-            self._wake_all()
-            self.reader_done.set()
 
     async def _read_loop(self) -> None:
         conn = self.conn
@@ -566,11 +636,28 @@ class Transport:
             log.warning("the runner reported an ignored message (%s): %s", msg.code, msg.message)
         elif kind is UnknownMessage:
             assert isinstance(msg, UnknownMessage)
-            log.debug("answering unknown message kind %r", msg.kind)
-            with trio.move_on_after(1.0):
-                await self.send(
+            # Never wait here: the answer is queued for the notice writer, or dropped.
+            if len(self._notices) < NOTICE_QUEUE:
+                log.debug("answering unknown message kind %r", msg.kind)
+                self._notices.append(
                     Error("unknown-kind", f"this client does not know message kind {msg.kind!r}")
                 )
+                self._notice_ready.set()
+            else:
+                self._notices_dropped += 1
+                log.debug("dropped the answer to unknown kind %r (queue full)", msg.kind)
+
+    async def _write_notices(self) -> None:
+        """Send the queued answers to notices, one at a time, each bounded."""
+        while True:
+            await self._notice_ready.wait()
+            self._notice_ready = trio.Event()
+            while self._notices:
+                notice = self._notices.popleft()
+                try:
+                    await self.send(notice)
+                except (TransportBroken, trio.ClosedResourceError):
+                    return
 
     # -- ops and pings --------------------------------------------------------------------
 
@@ -637,7 +724,7 @@ class Transport:
         """
         if self.state == OPEN:
             self.state = CLOSED
-        self._wake_all()
+        self._stop_reader()
         with trio.CancelScope(shield=True):
             # trio closes streams even when cancelled; shield so a cancelled caller does
             # not skip the rest of the clean-up that follows this call.

@@ -28,7 +28,8 @@ EXIT_FAILURE = 2
 EXIT_INTERRUPTED = 130
 
 if TYPE_CHECKING:
-    from .client import ExecResult, InputRequest, Runner
+    from ._results import ExecResult, InputRequest
+    from ._session import Runner
 
 if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
@@ -93,7 +94,7 @@ def main(argv: list[str] | None = None) -> int:
 
 async def _run(code: str, args: argparse.Namespace) -> int:
     from ._errors import ProtocolError, RunnerDied, RunnerStartError
-    from .client import open_runner
+    from ._open import open_runner
 
     options: dict[str, object] = {}
     if args.runner:
@@ -127,7 +128,7 @@ async def _stream(runner: Runner, code: str) -> ExecResult:
     import trio
 
     from ._errors import raise_unwrapped
-    from .client import Output
+    from ._results import Output
 
     input_scope: trio.CancelScope | None = None
     try:

@@ -27,8 +27,10 @@ a private descriptor (the "diagnostic stream"); the user's fd 2 is a capture pip
 
 from __future__ import annotations
 
-#: The implementation version announced in ``welcome`` (kept equal to the package's).
-IMPL_VERSION = "0.1.0"
+from .. import __version__
+
+#: The implementation version announced in ``welcome``: the package's, written only there.
+IMPL_VERSION = __version__
 IMPL_NAME = "execpy-trio"
 
 EXIT_OK = 0

@@ -1,0 +1,210 @@
+"""Getting a :class:`Runner`: ``open_runner``, ``start_runner``, ``connect_runner``, and the
+supervising task behind all three.
+
+The supervising task owns one runner from launch to exit: it enters the launcher's
+context (which owns the runner's process and its watcher tasks), performs the handshake
+(bounded by ``handshake_timeout``), runs the transport's reader and the handle's watcher in
+its nursery, and, when the runner is closed or its owner's scope is cancelled, runs the
+session's bounded shutdown, shielded. Nothing it starts outlives it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING
+
+import trio
+
+from ._errors import RemoteProtocolError, RunnerStartError, raise_unwrapped
+from ._options import RunnerOptions, resolve_options
+from ._session import EXIT_WAIT, Runner
+from ._transport import Transport, TransportBroken
+from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
+from .protocol import PROTOCOL_VERSION, Hello
+
+if TYPE_CHECKING:
+    from trio.abc import Stream
+    from typing_extensions import Unpack
+
+    from ._options import OptionKeywords
+
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["connect_runner", "open_runner", "start_runner"]
+
+#: Options that say how to start a process: meaningless for an already connected stream.
+_LAUNCH_OPTIONS = frozenset({"command", "stdio", "env", "inherit_env", "cwd"})
+
+
+def _hello(max_frame: int) -> Hello:
+    from . import __version__
+
+    return Hello(PROTOCOL_VERSION, "execpy-trio", __version__, max_frame)
+
+
+async def _handshake(handle: RunnerHandle, transport: Transport, limit: float) -> None:
+    failure: BaseException | None = None
+    with trio.move_on_after(limit) as scope:
+        try:
+            await transport.handshake(_hello(transport.conn.max_frame))
+            return
+        except (RemoteProtocolError, TransportBroken, trio.ClosedResourceError) as exc:
+            failure = exc
+    # Failed: stop the runner so its diagnostics are complete and its exit status known.
+    handle.kill()
+    with trio.move_on_after(EXIT_WAIT):
+        await handle.wait()
+    if scope.cancelled_caught:
+        what = (
+            f"no welcome from the runner within handshake_timeout={limit} s (state "
+            f"{transport.conn.state})"
+        )
+        advice = "check the command starts an execpy runner, or raise handshake_timeout"
+    elif isinstance(failure, RemoteProtocolError):
+        what = f"the handshake failed: {failure}"
+        advice = "make sure the runner and the client come from matching execpy versions"
+    else:
+        what = "the runner closed the connection before its welcome"
+        advice = "see its stderr below"
+    code = handle.returncode
+    exit_note = f" (it exited with status {code})" if code is not None else ""
+    raise RunnerStartError(
+        f"{what}{exit_note}; runner: {handle.description}; {advice}",
+        stderr_tail=handle.stderr_tail(),
+        returncode=code,
+    ) from failure
+
+
+async def _supervise(
+    launcher: Launcher,
+    options: RunnerOptions,
+    *,
+    task_status: trio.TaskStatus[Runner] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Own one runner from launch to exit: the task behind all three ways to get one."""
+    runner: Runner | None = None
+    try:
+        async with launcher.launch(options) as handle:
+            transport = Transport(
+                handle.stream,
+                max_frame=options.max_frame,
+                op_buffer=options.op_buffer,
+                write_timeout=options.write_timeout,
+            )
+            runner = Runner(handle, transport, options)
+            async with trio.open_nursery() as nursery:
+                try:
+                    nursery.start_soon(runner._watch_handle)
+                    await _handshake(handle, transport, options.handshake_timeout)
+                    nursery.start_soon(transport.run_reader, runner._decide_end)
+                    task_status.started(runner)
+                    await runner._close_requested.wait()
+                except trio.Cancelled:
+                    # The owner's scope is cancelled: no polite shutdown (the op, if any,
+                    # is still interrupted first).
+                    runner._forceful_close = True
+                    raise
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await runner._shutdown()
+                    nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)
+    finally:
+        if runner is not None:
+            runner._finished.set()
+
+
+async def _start_in(nursery: trio.Nursery, launcher: Launcher, options: RunnerOptions) -> Runner:
+    try:
+        runner: Runner = await nursery.start(_supervise, launcher, options)
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)
+    return runner
+
+
+async def start_runner(
+    nursery: trio.Nursery,
+    options: RunnerOptions | None = None,
+    *,
+    launcher: Launcher | None = None,
+    **overrides: Unpack[OptionKeywords],
+) -> Runner:
+    """Start a runner whose supervising task lives in ``nursery``; return it when ready.
+
+    The runner lives until ``await runner.aclose()`` or until ``nursery`` is cancelled
+    (then its op, if any, is interrupted and it is killed). Options as for
+    :func:`open_runner`. Raises RunnerStartError. Cancellation while starting kills the
+    half-started runner.
+    """
+    opts = resolve_options(options, overrides)
+    return await _start_in(nursery, launcher or LocalLauncher(), opts)
+
+
+@contextlib.asynccontextmanager
+async def _runner_scope(launcher: Launcher, options: RunnerOptions) -> AsyncIterator[Runner]:
+    try:
+        async with trio.open_nursery() as nursery:
+            runner = await _start_in(nursery, launcher, options)
+            try:
+                yield runner
+            finally:
+                await runner.aclose()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)
+
+
+@contextlib.asynccontextmanager
+async def open_runner(
+    options: RunnerOptions | None = None,
+    *,
+    launcher: Launcher | None = None,
+    **overrides: Unpack[OptionKeywords],
+) -> AsyncIterator[Runner]:
+    """Start a runner, yield a :class:`Runner`, and shut it down at the end.
+
+    ``options`` is a :class:`RunnerOptions`; keywords (the same names) override its
+    fields. ``launcher`` says where the runner lives: by default a local child process,
+    ``sys.executable -m execpy_trio.runner --fd N`` over a private socketpair (see
+    :class:`RunnerOptions` for ``command``, ``stdio``, ``env``, ``inherit_env``, ``cwd``,
+    the timeouts and the memory bounds).
+
+    Raises RunnerStartError; ValueError/TypeError for bad options (before anything
+    starts). Cancellation: while starting, the half-started runner is killed. At the end
+    of the block the shutdown is shielded and bounded, so no process is left behind; when
+    the block is left by cancellation (a deadline around ``open_runner`` itself), a
+    running op is interrupted first (its ``result`` says "cancelled"), then the runner is
+    killed without the polite shutdown: the block is left within about ``cancel_grace``.
+    """
+    opts = resolve_options(options, overrides)
+    async with _runner_scope(launcher or LocalLauncher(), opts) as runner:
+        yield runner
+
+
+@contextlib.asynccontextmanager
+async def connect_runner(
+    stream: Stream,
+    options: RunnerOptions | None = None,
+    **overrides: Unpack[OptionKeywords],
+) -> AsyncIterator[Runner]:
+    """Speak the protocol over ``stream``, already connected to a runner; yield a Runner.
+
+    For tests (``trio.testing.memory_stream_pair``) and custom transports (a Unix socket
+    to a runner started elsewhere). The stream is closed at the end. There is no process
+    to kill: "killing" the runner (cancel grace expired) closes the stream, and RunnerDied
+    has no exit status. The options that start a process (command, stdio, env,
+    inherit_env, cwd) do not apply (TypeError). Raises RunnerStartError if the handshake
+    fails. Cancellation as for :func:`open_runner`.
+    """
+    misplaced = sorted(_LAUNCH_OPTIONS & set(overrides))
+    if misplaced:
+        raise TypeError(
+            f"connect_runner() got process options {misplaced}: a connected stream has no "
+            "process to configure; use open_runner() to start one"
+        )
+    opts = resolve_options(options, overrides)
+    async with _runner_scope(StreamLauncher(stream), opts) as runner:
+        yield runner

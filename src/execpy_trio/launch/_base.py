@@ -1,0 +1,93 @@
+"""The launcher interface: where a runner lives, and what the session needs to know of it.
+
+Theory of operation
+-------------------
+A :class:`Launcher` starts runners. ``launcher.launch(options)`` is an async context
+manager: entering it starts one runner and gives a :class:`RunnerHandle`; leaving it makes
+sure the runner is gone (bounded, even when cancelled) and stops whatever background tasks
+the launcher needed (a process watcher, a stderr reader). The session (``Runner``) speaks
+the protocol over ``handle.stream`` and never touches processes; it asks the handle only:
+
+* :meth:`RunnerHandle.wait`: "return once the runner has ended" (its process exited and
+  its diagnostics were read; for a runner that *is* its stream, once that stream ended);
+* :attr:`RunnerHandle.returncode` and :meth:`RunnerHandle.stderr_tail`: "how did it end?";
+* :meth:`RunnerHandle.kill`: "end it now", with the launcher's own policy (the local process
+  kills its whole process group; a fork server would ask the server; ssh kills the ssh
+  child);
+* :meth:`RunnerHandle.stream_ended`: the session's notice that the stream is over (EOF,
+  failure or closed by us), for launchers whose runner ends with its stream;
+* :meth:`RunnerHandle.close`: after the session closed the stream, wait up to a bound for
+  the runner to exit by itself, then kill it and reap it.
+
+The session decides a runner's death exactly once, from these answers, and every waiter
+raises that one error.
+"""
+
+from __future__ import annotations
+
+import abc
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from contextlib import AbstractAsyncContextManager
+
+    from trio.abc import Stream
+
+    from .._options import RunnerOptions
+
+__all__ = ["Launcher", "RunnerHandle"]
+
+
+class RunnerHandle(abc.ABC):
+    """One started runner, as its launcher sees it."""
+
+    #: The byte stream the protocol runs over.
+    stream: Stream
+    #: What was started, for messages (a command line, "connected stream", ...).
+    description: str
+    #: The local process id, when there is a local process; None otherwise.
+    pid: int | None = None
+
+    @property
+    def returncode(self) -> int | None:
+        """The exit status once the runner has ended (negative: killed by that signal);
+        None while it runs or when there is no process to have one."""
+        return None
+
+    def stderr_tail(self) -> tuple[str, ...]:
+        """The last lines of the runner's own diagnostics (its stderr), if the launcher
+        sees them."""
+        return ()
+
+    @abc.abstractmethod
+    async def wait(self) -> None:
+        """Return once the runner has ended (for whatever reason). No timeout of its own;
+        cancellation is safe (nothing changes)."""
+
+    @abc.abstractmethod
+    def kill(self) -> None:
+        """End the runner now, with everything it started, without waiting. Idempotent;
+        harmless after it has ended."""
+
+    def stream_ended(self) -> None:  # noqa: B027 - optional hook, a no-op by default
+        """The session's stream to the runner has ended (EOF, failure, or closed by us)."""
+
+    @abc.abstractmethod
+    async def close(self, *, wait: float) -> None:
+        """After the session closed the stream: wait up to ``wait`` seconds for the runner
+        to exit by itself, then kill it, and release what the handle holds. Bounded, and
+        finishes even when cancelled. Idempotent."""
+
+
+class Launcher(abc.ABC):
+    """Starts runners: the local process, a connected stream, and later a fork server,
+    ssh, any stdio command or an authenticated listener."""
+
+    @abc.abstractmethod
+    def launch(self, options: RunnerOptions) -> AbstractAsyncContextManager[RunnerHandle]:
+        """Start one runner; the context manager owns it and its background tasks.
+
+        Raises RunnerStartError if it cannot be started. Cancellation while entering
+        leaves nothing behind. Leaving the block ends the runner (``close(wait=0)``) if the
+        session has not already, shielded and bounded.
+        """
