@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(PY) bench/bench_protocol.py
 	$(PY) bench/bench_runner.py
 	$(PY) bench/bench_client.py
+	$(PY) bench/bench_memory.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -1,8 +1,12 @@
-"""Client benchmarks: exec round trip and output throughput, with peers, as ratios.
+"""Client benchmarks: exec round trip, output throughput and cold start, with peers, as ratios.
 
 Usage: python bench/bench_client.py [--quick]
 Run it pinned too (``taskset -c 0 python bench/bench_client.py``): a wake-up across CPUs
 costs more than the work measured here, so compare ratios taken in the same run.
+
+Cold start: from entering ``open_runner()`` to the first ``exec("x = 1")`` done (and to the
+end of the block, the runner's exit included), against spawning ``python -c "import
+msgpack"`` from trio and waiting for it.
 
 Rows whose peer is not installed (execnet, trio-parallel, jupyter_client + ipykernel;
 ``pip install -e '.[bench]'``) are skipped.
@@ -128,16 +132,26 @@ async def bare_loop_exec(n: int, rounds: int) -> float:
     return result
 
 
-async def execpy_exec(n: int, rounds: int) -> tuple[float, float]:
+async def execpy_exec(n: int, rounds: int) -> tuple[float, float, float]:
+    """exec and ping round trips (best mean, us), and the client's own CPU per exec (the
+    main thread's CPU time, us, least of ``rounds`` batches): less noisy than wall time
+    on a busy machine, and all of it is the client's (the runner is another process)."""
     async with ex.open_runner() as runner:
         for _ in range(200):
             await runner.exec("x = 1")
         exec_us = await best_of(rounds, n, lambda: runner.exec("x = 1"))
         ping_us = await best_of(rounds, n, runner.ping)
-    return exec_us, ping_us
+        cpu = []
+        for _ in range(rounds):
+            start = time.thread_time()
+            for _ in range(n):
+                await runner.exec("x = 1")
+            cpu.append(per_op(time.thread_time() - start, n))
+    return exec_us, ping_us, min(cpu)
 
 
-async def execpy_throughput() -> float:
+async def execpy_throughput() -> tuple[float, float]:
+    """Best MB/s of 3 streams, and the least client CPU (main thread, ms) per stream."""
     code = (
         "import os\n"
         f"chunk = b'x' * {CHUNK}\n"
@@ -146,17 +160,43 @@ async def execpy_throughput() -> float:
     )
     async with ex.open_runner() as runner:
         best = 0.0
+        cpu = []
         for _ in range(3):
             received = 0
             start = time.perf_counter()
+            start_cpu = time.thread_time()
             async with runner.exec_stream(code) as op:
                 async for event in op:
                     if isinstance(event, ex.Output):
                         received += len(event.data)
             elapsed = time.perf_counter() - start
+            cpu.append((time.thread_time() - start_cpu) * 1e3)
             assert received == THROUGHPUT_BYTES, received
             best = max(best, received / elapsed / 1e6)
-    return best
+    return best, min(cpu)
+
+
+async def spawn_floor(n: int) -> float:
+    """Median ms to spawn ``python -c "import msgpack"`` and wait for it, from trio."""
+    times = []
+    for _ in range(n):
+        start = time.perf_counter()
+        await trio.run_process([sys.executable, "-c", "import msgpack"])
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+async def execpy_cold_start(n: int) -> tuple[float, float]:
+    """Median ms from entering ``open_runner()`` to the first ``exec('x = 1')`` done, and
+    to the end of the block (shutdown and exit included)."""
+    first, whole = [], []
+    for _ in range(n):
+        start = time.perf_counter()
+        async with ex.open_runner() as runner:
+            await runner.exec("x = 1")
+            first.append(time.perf_counter() - start)
+        whole.append(time.perf_counter() - start)
+    return statistics.median(first) * 1e3, statistics.median(whole) * 1e3
 
 
 def noop() -> None:
@@ -269,10 +309,11 @@ def main() -> None:
     n, rounds = (500, 3) if args.quick else (2000, 5)
     cpus = sorted(os.sched_getaffinity(0))
     print(f"python {sys.version.split()[0]}, trio {trio.__version__}, CPUs allowed: {cpus}")
+    print(f"execpy_trio: {ex.__file__}")
 
     floor = trio.run(floor_pingpong, n, rounds)
     bare = trio.run(bare_loop_exec, n, rounds)
-    exec_us, ping_us = trio.run(execpy_exec, n, rounds)
+    exec_us, ping_us, exec_cpu = trio.run(execpy_exec, n, rounds)
     print("\n## Round trip (best mean of batches, us per op)")
     row("floor: trio <-> plain Python echo, socketpair", floor)
     row("bare trio loop <-> the real runner, exec", bare, f"({bare / floor:.2f}x floor)")
@@ -282,6 +323,7 @@ def main() -> None:
         exec_us,
         f"({exec_us / floor:.2f}x floor, {exec_us / bare:.2f}x bare loop)",
     )
+    row("execpy Runner.exec('x = 1'), client CPU", exec_cpu, "(main thread CPU per op)")
     tp = trio_parallel_noop(n, rounds)
     row("trio-parallel run_sync(noop)", tp, f"(execpy {(tp or 0) / exec_us:.1f}x faster)")
     en = execnet_exec(n // 4, rounds)
@@ -295,13 +337,37 @@ def main() -> None:
     jp_rtt = jp[0] if jp else None
     row("jupyter execute('x = 1') (median)", jp_rtt, f"(execpy {(jp_rtt or 0) / exec_us:.1f}x)")
 
-    mbps = trio.run(execpy_throughput)
+    mbps, stream_cpu = trio.run(execpy_throughput)
     print("\n## Output throughput (MB/s, 64 KiB writes)")
     row("execpy exec_stream, os.write(1)", mbps, fmt="8.0f")
+    row(
+        "execpy exec_stream, client CPU ms per 50 MB",
+        stream_cpu,
+        "(main thread; least of 3)",
+        fmt="8.1f",
+    )
     if en is not None:
         row("execnet channel.send", en[1], f"(execpy {mbps / en[1]:.2f}x)", fmt="8.0f")
     if jp is not None:
         row("jupyter stream output (10 MB)", jp[1], f"(execpy {mbps / jp[1]:.1f}x)", fmt="8.0f")
+
+    starts = 10 if args.quick else 30
+    spawn_ms = trio.run(spawn_floor, starts)
+    first_ms, whole_ms = trio.run(execpy_cold_start, starts)
+    print(f"\n## Cold start (median of {starts}, ms)")
+    row("floor: spawn python -c 'import msgpack', wait", spawn_ms, fmt="8.2f")
+    row(
+        "execpy open_runner() to first exec done",
+        first_ms,
+        f"({first_ms / spawn_ms:.2f}x floor)",
+        fmt="8.2f",
+    )
+    row(
+        "execpy open_runner() + exec + close",
+        whole_ms,
+        f"({whole_ms / spawn_ms:.2f}x floor)",
+        fmt="8.2f",
+    )
 
 
 if __name__ == "__main__":

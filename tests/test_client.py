@@ -7,8 +7,6 @@ logic (handshake timeout, cancel grace) runs on trio's autojump clock.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -17,105 +15,7 @@ import trio.testing
 
 import execpy_trio as ex
 import execpy_trio.protocol as P
-from execpy_trio._errors import raise_unwrapped
-
-WELCOME = P.Welcome((1, 0), "fake", "0", "python", "3.11", 4242, P.DEFAULT_MAX_FRAME)
-
-
-class FakeRunner:
-    """The runner side of a connection, driven by a test script."""
-
-    def __init__(self, stream: trio.abc.Stream) -> None:
-        self.stream = stream
-        self.conn = P.Connection("runner")
-        self.received: list[P.Message] = []
-        self.closed = False
-
-    async def receive(self) -> P.Message | P.ConnectionClosed:
-        while True:
-            event = self.conn.next_event()
-            if event is P.NEED_DATA:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                self.conn.receive_data(data)
-                continue
-            if isinstance(event, P.Message):
-                self.received.append(event)
-            return event  # type: ignore[no-any-return]
-
-    async def expect(self, kind: type[P.Message]) -> Any:
-        msg = await self.receive()
-        assert type(msg) is kind, f"expected {kind.__name__}, got {msg!r}"
-        return msg
-
-    async def send(self, msg: P.Message) -> None:
-        await self.stream.send_all(self.conn.send(msg))
-
-    async def send_raw(self, data: bytes) -> None:
-        await self.stream.send_all(data)
-
-    async def handshake(self, welcome: P.Welcome = WELCOME) -> None:
-        await self.expect(P.Hello)
-        await self.send(welcome)
-
-    async def close(self) -> None:
-        self.closed = True
-        await self.stream.aclose()
-
-    async def serve_until_shutdown(self) -> None:
-        """Answer pings, ignore the rest, and close on shutdown, EOF or a protocol error."""
-        while True:
-            try:
-                msg = await self.receive()
-            except P.ProtocolError:
-                await self.close()
-                return
-            if isinstance(msg, P.ConnectionClosed) or type(msg) is P.Shutdown:
-                await self.close()
-                return
-            if type(msg) is P.Ping:
-                await self.send(P.Pong(msg.token))
-
-
-Script = Callable[[FakeRunner], Awaitable[None]]
-
-
-@contextlib.asynccontextmanager
-async def scripted(
-    script: Script, *, lockstep: bool = False, **options: Any
-) -> AsyncIterator[tuple[ex.Runner, FakeRunner]]:
-    if lockstep:
-        client_stream, runner_stream = trio.testing.lockstep_stream_pair()
-    else:
-        client_stream, runner_stream = trio.testing.memory_stream_pair()
-    fake = FakeRunner(runner_stream)
-    try:
-        async with trio.open_nursery() as nursery:
-
-            async def run_script() -> None:
-                try:
-                    await script(fake)
-                finally:
-                    with trio.CancelScope(shield=True):
-                        await runner_stream.aclose()
-
-            nursery.start_soon(run_script)
-            async with ex.connect_runner(client_stream, **options) as runner:
-                yield runner, fake
-    except BaseException as group:
-        # The helper's own nursery wraps; the client under test must not (checked by
-        # tests that assert exact exception types raised from inside connect_runner).
-        raise_unwrapped(group)
-
-
-async def ok_done(fake: FakeRunner, value: Any = None, status: str = "ok") -> P.Exec:
-    req = await fake.receive()
-    assert type(req) in (P.Exec, P.Eval), req
-    await fake.send(P.Done(req.op, status, value))  # type: ignore[attr-defined]
-    return req  # type: ignore[return-value]
-
+from fake_runner import WELCOME, FakeRunner, ok_done, scripted
 
 # --- handshake ---------------------------------------------------------------------------
 
@@ -718,7 +618,7 @@ async def test_closed_runner_refuses_ops() -> None:
             await runner.ping()
 
 
-async def test_close_while_op_runs_in_another_task() -> None:
+async def test_close_while_op_runs_in_another_task(autojump_clock: trio.abc.Clock) -> None:
     async def script(fake: FakeRunner) -> None:
         await fake.handshake()
         await fake.expect(P.Exec)
@@ -737,7 +637,9 @@ async def test_close_while_op_runs_in_another_task() -> None:
             nursery.start_soon(long_op)
             await trio.testing.wait_all_tasks_blocked()
             await runner.aclose()
-    assert len(errors) == 1 and isinstance(errors[0], trio.ClosedResourceError)
+    # The close interrupts the op first; this fake ignores the cancel, so it is killed.
+    assert len(errors) == 1 and isinstance(errors[0], ex.RunnerDied)
+    assert "cancel_grace" in str(errors[0])
 
 
 async def test_bad_options_fail_before_starting() -> None:

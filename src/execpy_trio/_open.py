@@ -20,6 +20,7 @@ import trio
 from ._errors import RemoteProtocolError, RunnerStartError, raise_unwrapped
 from ._options import RunnerOptions, resolve_options
 from ._session import EXIT_WAIT, Runner
+from ._tasks import ShieldedServices
 from ._transport import Transport, TransportBroken
 from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
 from .protocol import PROTOCOL_VERSION, Hello
@@ -95,11 +96,16 @@ async def _supervise(
                 write_timeout=options.write_timeout,
             )
             runner = Runner(handle, transport, options)
+            # The reader and the watcher must outlive a cancellation of the owner's scope:
+            # the shutdown needs them to interrupt the running op (read its cancelled
+            # completion, notice the runner's end). They run shielded, and stop when the
+            # shutdown has closed the stream or when their scopes are cancelled below.
+            services = ShieldedServices()
             async with trio.open_nursery() as nursery:
                 try:
-                    nursery.start_soon(runner._watch_handle)
+                    nursery.start_soon(services.run, runner._watch_handle)
                     await _handshake(handle, transport, options.handshake_timeout)
-                    nursery.start_soon(transport.run_reader, runner._decide_end)
+                    nursery.start_soon(services.run, transport.run_reader, runner._decide_end)
                     task_status.started(runner)
                     await runner._close_requested.wait()
                 except trio.Cancelled:
@@ -110,6 +116,7 @@ async def _supervise(
                 finally:
                     with trio.CancelScope(shield=True):
                         await runner._shutdown()
+                    services.cancel()
                     nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise_unwrapped(group)

@@ -71,6 +71,9 @@ class OpHost(Protocol):
     def lost_error(self) -> BaseException:
         """The one error for "the connection ended": known before any channel ends."""
 
+    async def verdict(self) -> BaseException:
+        """Wait (bounded) until that error is known, and return it."""
+
     async def kill(self, reason: str) -> None:
         """Kill the runner, and return once its end is recorded."""
 
@@ -407,7 +410,9 @@ class Operation:
                 f"it did not complete {self.description} within cancel_grace="
                 f"{self._host.cancel_grace} s after a cancel, so the client killed it"
             )
-        self._lose()
+        # Killed by us or by another task that gave up at the same moment: either way, end
+        # with the recorded verdict, not before it is in.
+        self._lose(await self._host.verdict())
 
     async def _interrupt(self) -> None:
         """For the session's shutdown: cancel the op and wait (bounded by the grace) for

@@ -102,7 +102,6 @@ class Runner:
         self._gone = trio.Event()
         self._close_requested = trio.Event()
         self._forceful_close = False
-        self._closing = False
         self._finished = trio.Event()
         self._current: Operation | None = None
         self._ops_started = 0
@@ -283,7 +282,7 @@ class Runner:
         except trio.ClosedResourceError:
             self._check_usable("ping")
             raise
-        raise await self._verdict()
+        raise await self.verdict()
 
     async def _start(
         self,
@@ -311,7 +310,7 @@ class Runner:
             self._check_usable(kind)
             transport = self._transport
             if transport.state != OPEN:
-                raise await self._verdict()
+                raise await self.verdict()
             op_id = self._next_op
             self._next_op += 1
             vars_ = dict(variables) if variables is not None else None
@@ -322,16 +321,17 @@ class Runner:
             op = Operation(
                 self, op_id, kind, text, transport.open_op(op_id), self.options.result_output_limit
             )
+            self._current = op  # before sending: a failed send is reported for this op
             try:
                 await self._send(msg, reply_follows=True)
             except BaseException:
+                self._current = None
                 transport.close_op(op_id)
                 raise
         except BaseException:
             lock.release()
             raise
         self._ops_started += 1
-        self._current = op
         return op
 
     def _end(self, op: Operation) -> None:
@@ -363,7 +363,7 @@ class Runner:
         except trio.ClosedResourceError:
             self._check_usable(f"send {msg.KIND!r}")
             raise
-        raise await self._verdict()
+        raise await self.verdict()
 
     def lost_error(self) -> BaseException:
         """The one error for "the connection ended" (known before any waiter wakes)."""
@@ -372,7 +372,7 @@ class Runner:
             return trio.ClosedResourceError("the connection to the runner ended")
         return death
 
-    async def _verdict(self) -> BaseException:
+    async def verdict(self) -> BaseException:
         """The error for a broken connection, for a sender that found it broken before
         the reader's verdict was in (bounded; usually it already is)."""
         if self._death is None:
@@ -404,10 +404,6 @@ class Runner:
         running = op.description if op is not None and not op.finished else None
         if self._state == CLOSED:
             return self._closed_error(running)
-        if self._closing:
-            # Shutting down, and the running op had to be killed: the runner was closed.
-            detail = f" ({self._kill_reason})" if self._kill_reason else ""
-            return self._closed_error(running, detail)
         handle = self._handle
         failure = self._transport.failure
         if isinstance(failure, RemoteProtocolError):
@@ -445,10 +441,10 @@ class Runner:
         died.__cause__ = failure
         return died
 
-    def _closed_error(self, running: str | None, detail: str = "") -> trio.ClosedResourceError:
+    def _closed_error(self, running: str | None) -> trio.ClosedResourceError:
         return trio.ClosedResourceError(
-            f"this runner was closed{f' while {running} was running' if running else ''}"
-            f"{detail}; start a new one"
+            f"this runner was closed{f' while {running} was running' if running else ''}; "
+            "start a new one"
         )
 
     async def _watch_handle(self) -> None:
@@ -504,7 +500,8 @@ class Runner:
         cancelled scope, the polite part is skipped: the runner is killed at once.
         Shielded: completes even when the caller is cancelled (and does not raise
         Cancelled). An op running in another task is interrupted: its caller gets the
-        "cancelled" result, or trio.ClosedResourceError if the runner had to be killed.
+        "cancelled" result, or RunnerDied if the runner had to be killed for ignoring the
+        cancel.
         """
         if trio.current_effective_deadline() == -math.inf:
             self._forceful_close = True
@@ -517,7 +514,6 @@ class Runner:
         forceful = self._forceful_close
         transport = self._transport
         op = self._current
-        self._closing = True
         if op is not None and not op.finished and self.state == RUNNING:
             await op._interrupt()
         was_usable = self.state == RUNNING

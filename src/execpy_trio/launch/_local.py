@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Final
 import trio
 
 from .._errors import RunnerStartError, raise_unwrapped
+from .._tasks import ShieldedServices
 from ._base import Launcher, RunnerHandle
 
 if TYPE_CHECKING:
@@ -218,14 +219,18 @@ class LocalLauncher(Launcher):
     async def launch(self, options: RunnerOptions) -> AsyncIterator[RunnerHandle]:
         process, stream, argv = await _spawn(options)
         handle = LocalProcessHandle(process, stream, argv)
+        # The stderr reader outlives a cancellation of the owner's scope: the last
+        # diagnostics of a runner that dies during a shutdown are still worth reporting.
+        services = ShieldedServices()
         try:
             async with trio.open_nursery() as nursery:
                 if process.stderr is not None:
-                    nursery.start_soon(handle._tail.read_from, process.stderr)
+                    nursery.start_soon(services.run, handle._tail.read_from, process.stderr)
                 try:
                     yield handle
                 finally:
                     await handle.close(wait=0)
+                    services.cancel()
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise_unwrapped(group)

@@ -1,0 +1,104 @@
+"""The session and the local launcher against real runner processes: the environment, a
+deadline around the runner itself, death from outside, the capped result."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+import trio
+import trio.testing
+
+import execpy_trio as ex
+
+# A bound on waits that should end far sooner: a hang detector, not a speed check.
+HANG = 20
+
+
+async def test_inherit_env_false_gives_exactly_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADER_SECRET", "hunter2")
+    async with ex.open_runner(env={"ONLY": "this"}, inherit_env=False) as runner:
+        seen = await runner.eval("dict(__import__('os').environ)")
+    # Python itself may coerce a C locale by setting LC_CTYPE in its own environment
+    # (PEP 538): that is the interpreter's doing, not something of ours leaking.
+    seen.pop("LC_CTYPE", None)
+    assert seen == {"ONLY": "this"}
+
+
+async def test_inherit_env_default_adds_to_ours(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GRADER_SECRET", "hunter2")
+    async with ex.open_runner(env={"EXTRA": "1"}) as runner:
+        seen = await runner.eval("dict(__import__('os').environ)")
+    assert seen["GRADER_SECRET"] == "hunter2" and seen["EXTRA"] == "1"
+
+
+async def test_options_object_and_keywords_combine() -> None:
+    options = ex.RunnerOptions(env={"A": "1"}, inherit_env=False, cancel_grace=1.5)
+    async with ex.open_runner(options, env={"A": "2"}, launcher=ex.LocalLauncher()) as runner:
+        assert await runner.eval("__import__('os').environ['A']") == "2"
+        assert runner.options.cancel_grace == 1.5 and runner.cancel_grace == 1.5
+
+
+async def test_unknown_option_is_a_clear_type_error() -> None:
+    with pytest.raises(TypeError, match=r"unknown runner option.*'grace'"):
+        async with ex.open_runner(grace=1):  # type: ignore[call-arg]
+            pass  # pragma: no cover
+
+
+@pytest.mark.parametrize("stdio", [False, True])
+async def test_deadline_around_open_runner_interrupts_a_flooding_op(stdio: bool) -> None:
+    # The op floods output that nobody reads (backpressure): the deadline around the
+    # runner itself must interrupt it first, not wait for a shutdown timeout.
+    op: ex.Operation | None = None
+    with trio.fail_after(HANG):
+        with trio.move_on_after(0.5) as scope:
+            async with ex.open_runner(stdio=stdio, cancel_grace=2, shutdown_timeout=10) as r:
+                async with r.exec_stream("while True: print('x' * 1000)") as op:
+                    await trio.sleep_forever()
+    assert scope.cancelled_caught
+    assert op is not None and op.finished
+    assert op.result.status == "cancelled"
+    # The runner answered the cancel (KeyboardInterrupt in the code): it was not killed.
+    assert op.result.error is not None and op.result.error.type == "KeyboardInterrupt"
+
+
+async def test_runner_killed_from_outside_is_noticed_at_once() -> None:
+    async with ex.open_runner() as runner:
+        os.kill(runner.pid, signal.SIGKILL)
+        with trio.fail_after(HANG):
+            await runner.wait_closed()
+        assert runner.state == "dead"
+        with pytest.raises(ex.RunnerDied) as info:
+            await runner.exec("x = 1")
+        assert info.value.signal == signal.SIGKILL and info.value.op is None
+        with pytest.raises(ex.RunnerDied) as again:
+            await runner.ping()
+        assert again.value is info.value
+
+
+async def test_exec_result_is_capped_but_says_how_much_was_dropped() -> None:
+    async with ex.open_runner(result_output_limit=1_000_000) as runner:
+        result = await runner.exec("import os\nfor _ in range(64): os.write(1, b'y' * 65536)")
+    assert result.ok and result.truncated
+    assert result.stdout == "y" * 1_000_000
+    assert result.output_dropped == 64 * 65536 - 1_000_000
+
+
+async def test_kill_reports_the_signal_and_the_op() -> None:
+    async with ex.open_runner(cancel_grace=0.5) as runner:
+        async with trio.open_nursery() as nursery:
+            errors: list[BaseException] = []
+
+            async def run() -> None:
+                try:
+                    await runner.exec("import time\nprint('go', flush=True)\ntime.sleep(100)")
+                except ex.RunnerDied as exc:
+                    errors.append(exc)
+
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked()  # the exec is sent and waiting
+            await runner.kill("the test killed it")
+        assert runner.returncode == -signal.SIGKILL
+    assert len(errors) == 1
+    assert "the test killed it" in str(errors[0]) and errors[0].op is not None  # type: ignore[attr-defined]
