@@ -201,14 +201,7 @@ class Runner:
         # A plain coroutine, not the exec_stream context manager: at tens of microseconds
         # per round trip, the layers show.
         op = await self._start("exec", code, variables, allow_stdin=False, stdin=stdin)
-        try:
-            await op._collect()
-        except BaseException:
-            if not op.finished:
-                await op.abandon()
-            raise
-        finally:
-            self._end(op)
+        await self._collect(op)
         return op.result
 
     async def eval(self, expr: str, *, variables: Mapping[str, Any] | None = None) -> Any:
@@ -220,14 +213,7 @@ class Runner:
         errors, cancellation and timeout behaviour as :meth:`exec`.
         """
         op = await self._start("eval", expr, variables)
-        try:
-            await op._collect()
-        except BaseException:
-            if not op.finished:
-                await op.abandon()
-            raise
-        finally:
-            self._end(op)
+        await self._collect(op)
         op.result.check()
         return op.value
 
@@ -333,6 +319,17 @@ class Runner:
             raise
         self._ops_started += 1
         return op
+
+    async def _collect(self, op: Operation) -> None:
+        """Run ``op`` to its end for exec and eval; abandon it if we are interrupted."""
+        try:
+            await op._collect()
+        except BaseException:
+            if not op.finished:
+                await op.abandon()
+            raise
+        finally:
+            self._end(op)
 
     def _end(self, op: Operation) -> None:
         """The op is over for this client (finished, abandoned or lost): count it, stop

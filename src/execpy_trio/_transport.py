@@ -65,7 +65,7 @@ import itertools
 import logging
 import os
 from collections import deque
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Final, Literal
 
 import attrs
 import trio
@@ -100,12 +100,15 @@ __all__ = [
     "OpChannel",
     "Transport",
     "TransportBroken",
+    "TransportState",
     "TransportStatistics",
 ]
 
 frames_log: Final = logging.getLogger("execpy_trio.frames")
 log: Final = logging.getLogger("execpy_trio.transport")
 
+#: The states of a transport (see the module docstring).
+TransportState = Literal["OPEN", "BROKEN", "CLOSED"]
 OPEN: Final = "OPEN"
 BROKEN: Final = "BROKEN"
 CLOSED: Final = "CLOSED"
@@ -290,7 +293,7 @@ class OpChannel:
 class TransportStatistics:
     """Counters of one transport (a snapshot)."""
 
-    state: str
+    state: TransportState
     frames_sent: int
     frames_received: int
     bytes_sent: int
@@ -319,7 +322,7 @@ class Transport:
         self._op_buffer = op_buffer
         #: Seconds a frame write may go without progress before the transport breaks.
         self.write_timeout = write_timeout
-        self.state: str = OPEN
+        self.state: TransportState = OPEN
         #: Why the transport is BROKEN (None while OPEN or when we closed it).
         self.failure: BaseException | None = None
         self._ops: dict[int, OpChannel] = {}

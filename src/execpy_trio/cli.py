@@ -95,15 +95,15 @@ def main(argv: list[str] | None = None) -> int:
 async def _run(code: str, args: argparse.Namespace) -> int:
     from ._errors import ProtocolError, RunnerDied, RunnerStartError
     from ._open import open_runner
+    from ._options import RunnerOptions
 
-    options: dict[str, object] = {}
+    options = RunnerOptions()
     if args.runner:
-        options["command"] = shlex.split(args.runner)
-        options["stdio"] = True
+        options = options.replace(command=shlex.split(args.runner), stdio=True)
     if args.trace:
-        options["env"] = {"EXECPY_TRACE": "1"}
+        options = options.replace(env={"EXECPY_TRACE": "1"})
     try:
-        async with open_runner(**options) as runner:  # type: ignore[arg-type]
+        async with open_runner(options) as runner:
             result = await _stream(runner, code)
     except (RunnerStartError, RunnerDied, ProtocolError) as exc:
         print(f"execpy: {type(exc).__name__}: {exc}", file=sys.stderr)

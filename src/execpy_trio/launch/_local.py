@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Final
+from typing import TYPE_CHECKING, Any, Final
 
 import trio
 
@@ -169,32 +169,28 @@ class LocalProcessHandle(RunnerHandle):
 
 async def _spawn(options: RunnerOptions) -> tuple[trio.Process, Stream, list[str]]:
     env = _environment(options)
+
+    async def start(argv: list[str], **io: Any) -> trio.Process:
+        # Its own process group (so that a kill reaches what the code started); stderr is
+        # the runner's diagnostic stream.
+        return await trio.lowlevel.open_process(
+            argv, stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=options.cwd, **io
+        )
+
     argv: list[str] = runner_command(options, None if options.stdio else -1)
     try:
         if options.stdio:
-            process = await trio.lowlevel.open_process(
-                argv,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                env=env,
-                cwd=options.cwd,
-            )
+            process = await start(argv, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
             assert process.stdin is not None and process.stdout is not None
             return process, trio.StapledStream(process.stdin, process.stdout), argv
         ours, theirs = socket.socketpair()
         try:
             argv = runner_command(options, theirs.fileno())
-            process = await trio.lowlevel.open_process(
+            process = await start(
                 argv,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
-                stderr=subprocess.PIPE,
-                start_new_session=True,
-                env=env,
-                cwd=options.cwd,
             )
         except BaseException:
             ours.close()
