@@ -166,6 +166,15 @@ class Operation:
         return result
 
     @property
+    def completion_status(self) -> str | None:
+        """The status of the runner's completion, once it came (else None)."""
+        return self._done.status if self._done is not None else None
+
+    def release(self) -> None:
+        """For the session: the op is over for this client; drop what is still buffered."""
+        self._channel.close()
+
+    @property
     def value(self) -> Any:
         """The completion's value as plain data (what ``eval`` returns)."""
         return self._done.value if self._done is not None else None
@@ -221,9 +230,9 @@ class Operation:
             )
         self._consuming = True
 
-    async def _collect(self) -> None:
-        """Consume messages until the completion, keeping output only for the result: the
-        loop of exec and eval, which show no events.
+    async def collect(self) -> None:
+        """For the session: consume messages until the completion, keeping output only for
+        the result (the loop of exec and eval, which show no events).
 
         Raises as ``__anext__``; a cancel point (and a schedule point while it waits).
         """
@@ -414,7 +423,7 @@ class Operation:
         # with the recorded verdict, not before it is in.
         self._lose(await self._host.verdict())
 
-    async def _interrupt(self) -> None:
+    async def interrupt(self) -> None:
         """For the session's shutdown: cancel the op and wait (bounded by the grace) for
         its consumer to see it end; kill the runner if it does not. Call it shielded."""
         with trio.move_on_after(self._host.cancel_grace):

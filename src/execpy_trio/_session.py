@@ -323,7 +323,7 @@ class Runner:
     async def _collect(self, op: Operation) -> None:
         """Run ``op`` to its end for exec and eval; abandon it if we are interrupted."""
         try:
-            await op._collect()
+            await op.collect()
         except BaseException:
             if not op.finished:
                 await op.abandon()
@@ -337,13 +337,13 @@ class Runner:
         state = op.state
         if state == "completed":
             self._ops_completed += 1
-            if op._done is not None and op._done.status == STATUS_CANCELLED:
+            if op.completion_status == STATUS_CANCELLED:
                 self._ops_cancelled += 1
         elif state == "lost":
             self._ops_lost += 1
         self._current = None
         self._transport.close_op(op.op_id)
-        op._channel.close()
+        op.release()
         self._op_lock.release()
 
     # -- what operations need (OpHost) ----------------------------------------------------
@@ -512,7 +512,7 @@ class Runner:
         transport = self._transport
         op = self._current
         if op is not None and not op.finished and self.state == RUNNING:
-            await op._interrupt()
+            await op.interrupt()
         was_usable = self.state == RUNNING
         if self._state != CLOSED:
             running = op.description if op is not None and not op.finished else None
