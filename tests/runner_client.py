@@ -300,6 +300,32 @@ def process_alive(pid: int) -> bool:
         return False
 
 
+def wait_for_file_code(path: object, timeout: float = 30, indent: str = "") -> str:
+    """User code that waits until ``path`` exists (at most ``timeout`` s, then goes on).
+
+    The test creates the file when it has seen what it waits for, so the code's progress
+    is driven by events, not by guessed sleeps. Lines end with a newline; each is prefixed
+    with ``indent``. Afterwards ``_signalled`` says whether the file came in time.
+    """
+    lines = [
+        "import os as _os, time as _time",
+        f"_deadline = _time.monotonic() + {timeout}",
+        f"while not _os.path.exists({str(path)!r}) and _time.monotonic() < _deadline:",
+        "    _time.sleep(0.002)",
+        f"_signalled = _os.path.exists({str(path)!r})",
+    ]
+    return "".join(f"{indent}{line}\n" for line in lines)
+
+
+def wait_for(predicate: Any, timeout: float, what: str, interval: float = 0.005) -> None:
+    """Poll ``predicate()`` until it is true; AssertionError naming ``what`` after timeout."""
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
 def wait_gone(pid: int, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -315,5 +341,7 @@ __all__ = [
     "RunnerClient",
     "message_from_wire",
     "process_alive",
+    "wait_for",
+    "wait_for_file_code",
     "wait_gone",
 ]

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import pty
+import select
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -81,35 +85,117 @@ def test_usage_errors() -> None:
         cli.main(["run", "file.py", "-c", "1"])
 
 
-def test_streams_output_live() -> None:
-    code = "import time\nprint('first', flush=True)\ntime.sleep(1.5)\nprint('second')"
-    with subprocess.Popen([*EXECPY, "run", "-c", code], stdout=subprocess.PIPE, text=True) as proc:
+class DeadlineReader:
+    """A child's pipe read with a deadline (a hung CLI fails the test, never hangs it)."""
+
+    def __init__(self, fd: int, deadline: float) -> None:
+        self.fd = fd
+        self.deadline = deadline
+        self.data = b""
+
+    def read_until(self, marker: bytes | None) -> bytes:
+        """Read until ``marker`` is in the data (None: until end of file); return it all."""
+        while marker is None or marker not in self.data:
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0 or not select.select([self.fd], [], [], remaining)[0]:
+                raise AssertionError(f"timed out waiting for {marker!r}; got {self.data!r}")
+            try:
+                chunk = os.read(self.fd, 65536)
+            except OSError:  # EIO: a pty whose other side is closed
+                chunk = b""
+            if not chunk:
+                if marker is None:
+                    break
+                raise AssertionError(f"end of output before {marker!r}; got {self.data!r}")
+            self.data += chunk
+        return self.data
+
+
+@contextlib.contextmanager
+def killed_on_failure(proc: subprocess.Popen[bytes]) -> Iterator[None]:
+    """Kill ``proc`` if the block fails, so that leaving ``Popen``'s block cannot hang."""
+    try:
+        yield
+    except BaseException:
+        proc.kill()
+        raise
+
+
+def test_streams_output_live(tmp_path: Path) -> None:
+    # The code cannot finish before the test has read 'first': it waits for a file the
+    # test creates only then. Had the CLI held the output back until the end, 'first'
+    # would not come before the code gave up waiting (30 s), and it would say 'no go'.
+    go = tmp_path / "go"
+    code = (
+        "import os, time\nprint('first', flush=True)\ndeadline = time.monotonic() + 30\n"
+        f"while not os.path.exists({str(go)!r}) and time.monotonic() < deadline:\n"
+        "    time.sleep(0.005)\n"
+        f"print('second' if os.path.exists({str(go)!r}) else 'no go')"
+    )
+    proc = subprocess.Popen([*EXECPY, "run", "-c", code], stdout=subprocess.PIPE)
+    with proc, killed_on_failure(proc):
         assert proc.stdout is not None
-        start = time.monotonic()
-        first = proc.stdout.readline()
-        elapsed = time.monotonic() - start
-        rest = proc.stdout.read()
+        out = DeadlineReader(proc.stdout.fileno(), time.monotonic() + 60)
+        assert out.read_until(b"\n") == b"first\n"
+        go.touch()
+        assert out.read_until(None) == b"first\nsecond\n"
         assert proc.wait(timeout=30) == 0
-    assert first == "first\n"
-    assert rest == "second\n"
-    # Start-up included, the first line arrives well before the code ends.
-    assert elapsed < 1.4
 
 
 def test_ctrl_c_interrupts_the_code() -> None:
     code = "import time\nprint('go', flush=True)\nwhile True:\n    time.sleep(0.05)"
-    with subprocess.Popen(
-        [*EXECPY, "run", "-c", code],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    ) as proc:
+    proc = subprocess.Popen(
+        [*EXECPY, "run", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    with proc, killed_on_failure(proc):
         assert proc.stdout is not None and proc.stderr is not None
-        assert proc.stdout.readline() == "go\n"
+        deadline = time.monotonic() + 60  # a hang detector
+        assert DeadlineReader(proc.stdout.fileno(), deadline).read_until(b"\n") == b"go\n"
         os.kill(proc.pid, signal.SIGINT)
-        err = proc.stderr.read()
+        err = DeadlineReader(proc.stderr.fileno(), deadline).read_until(None)
         assert proc.wait(timeout=30) == cli.EXIT_INTERRUPTED
-    assert "KeyboardInterrupt" in err
+    assert b"KeyboardInterrupt" in err
+
+
+EXECPY_SCRIPT = Path(sys.executable).parent / "execpy"
+
+
+@pytest.mark.skipif(not EXECPY_SCRIPT.exists(), reason="the execpy script is not installed")
+def test_ctrl_c_at_an_input_prompt_in_a_terminal() -> None:
+    # A real terminal, not pipes: Ctrl-C is the terminal's, sent by the line discipline
+    # to the foreground process group (the CLI; the runner has its own session) while a
+    # thread of the CLI is blocked reading the terminal for input().
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session leader with the pty as its controlling terminal
+        try:
+            os.execv(str(EXECPY_SCRIPT), ["execpy", "run", "-c", "x = input('name? ')"])
+        finally:
+            os._exit(127)
+    status = None
+    try:
+        out = DeadlineReader(master, time.monotonic() + 60)  # every wait below: a hang detector
+        out.read_until(b"name? ")
+        os.write(master, b"\x03")
+        out.read_until(None)  # to end of file: the CLI and its runner closed the terminal
+        while status is None and time.monotonic() < out.deadline:
+            waited, raw = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                status = os.waitstatus_to_exitcode(raw)
+            else:
+                time.sleep(0.01)
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+    text = out.data.decode("utf-8", "replace")
+    assert status == cli.EXIT_INTERRUPTED, text
+    # The code's own traceback (its frames are <exec-N>) and nothing from the CLI: no
+    # traceback of a real file, no crash at interpreter exit.
+    assert text.count("Traceback") == 1 and "KeyboardInterrupt" in text, text
+    frames = [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
+    assert frames and all(f.startswith('File "<exec-') for f in frames), text
+    assert "Fatal Python error" not in text and "Exception ignored" not in text, text
 
 
 def test_demo_runs() -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -215,25 +214,6 @@ async def test_local_protocol_error_sends_nothing() -> None:
         with pytest.raises(P.LocalProtocolError):
             await t.send(P.Cancel(99))  # no such op
         assert t.state == OPEN
-
-
-async def test_frame_log(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.DEBUG, logger="execpy_trio.frames"):
-        async with connected() as (t, peer, _):
-            await t.send(P.Ping(3))
-            assert type(await peer.receive()) is P.Ping
-    lines = [r.getMessage() for r in caplog.records if r.name == "execpy_trio.frames"]
-    assert lines[0].startswith("send Hello(")
-    assert lines[1].startswith("recv Welcome(")
-    assert lines[2] == "send Ping(token=3)"
-
-
-async def test_frame_log_off_by_default(caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level(logging.INFO):
-        async with connected() as (t, peer, _):
-            await t.send(P.Ping(3))
-            await peer.receive()
-    assert not [r for r in caplog.records if r.name == "execpy_trio.frames"]
 
 
 # --- the fd fast path (real sockets) -----------------------------------------------------

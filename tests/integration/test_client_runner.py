@@ -5,12 +5,14 @@ from __future__ import annotations
 import os
 import signal
 import sys
-import time
+from pathlib import Path
 
 import pytest
 import trio
+import trio.testing
 
 import execpy_trio as ex
+from runner_client import wait_for_file_code
 
 
 def _gone(pid: int) -> bool:
@@ -36,12 +38,11 @@ async def test_exec_eval_stdin_variables() -> None:
             assert await runner.eval("[x, name]") == [40, "bob"]
             r = await runner.exec("print(data)", variables={"data": [1, 2]})
             assert r.stdout == "[1, 2]\n"
-            # exec never waits for input: EOFError at once.
-            start = time.monotonic()
+            # exec never waits for input: EOFError at once (waiting, it would wait forever:
+            # the fail_after above is the hang detector).
             r = await runner.exec("input('? ')")
             assert r.status == "error" and r.error is not None
             assert r.error.type == "EOFError"
-            assert time.monotonic() - start < 2
 
 
 async def test_error_result_has_a_traceback_with_source() -> None:
@@ -87,16 +88,24 @@ async def test_exec_stream_input_and_password() -> None:
     assert op.result.stdout.endswith("42 6\n")
 
 
-async def test_output_streams_while_code_runs() -> None:
-    code = "import time\nfor i in range(3):\n    print(i, flush=True)\n    time.sleep(0.3)"
-    arrivals: list[float] = []
-    async with ex.open_runner() as runner, runner.exec_stream(code) as op:
-        start = trio.current_time()
-        async for event in op:
-            if isinstance(event, ex.Output):
-                arrivals.append(trio.current_time() - start)
-    assert op.result.stdout == "0\n1\n2\n"
-    assert arrivals[0] < 0.25  # the first line came long before the end (~0.9 s)
+async def test_output_streams_while_code_runs(tmp_path: Path) -> None:
+    # Each line waits for a file that the test creates only once it has the line before:
+    # had the output been held back until the end, the code would have given up waiting
+    # (after 30 s) and said 'timed out'.
+    files = [tmp_path / f"go{i}" for i in range(3)]
+    code = "".join(
+        f"print({i}, flush=True)\n{wait_for_file_code(f)}assert _signalled, 'timed out'\n"
+        for i, f in enumerate(files)
+    )
+    lines: list[bytes] = []
+    with trio.fail_after(60):  # a hang detector
+        async with ex.open_runner() as runner, runner.exec_stream(code) as op:
+            async for event in op:
+                if isinstance(event, ex.Output):
+                    lines.append(event.data)
+                    files[len(lines) - 1].touch()
+    assert op.result.ok, op.result.error
+    assert lines == [b"0\n", b"1\n", b"2\n"]
 
 
 @pytest.mark.parametrize(
@@ -109,15 +118,16 @@ async def test_output_streams_while_code_runs() -> None:
     ids=["tight-loop", "sleep", "child-process"],
 )
 async def test_cancel_interrupts_and_runner_stays_usable(code: str) -> None:
-    async with ex.open_runner(cancel_grace=5) as runner:
-        start = time.monotonic()
-        with trio.move_on_after(0.3) as scope:
-            await runner.exec(code)
-        assert scope.cancelled_caught
-        assert time.monotonic() - start < 3, "the cancel did not interrupt the code"
-        assert runner.is_alive
-        assert (await runner.exec("n = 1\nn + 1")).value == "2"
-        assert runner.statistics().ops_cancelled == 1
+    # Had the cancel not interrupted the code, the runner would have been killed after
+    # cancel_grace: that it is alive is the check. The fail_after is a hang detector.
+    with trio.fail_after(60):
+        async with ex.open_runner(cancel_grace=30) as runner:
+            with trio.move_on_after(0.3) as scope:
+                await runner.exec(code)
+            assert scope.cancelled_caught
+            assert runner.is_alive, "the cancel did not interrupt the code"
+            assert (await runner.exec("n = 1\nn + 1")).value == "2"
+            assert runner.statistics().ops_cancelled == 1
 
 
 async def test_cancel_while_waiting_for_input() -> None:
@@ -142,16 +152,17 @@ async def test_code_that_catches_the_interrupt_and_reads_again_gets_eof() -> Non
         "    except EOFError:\n"
         "        print('eof after interrupt')\n"
     )
-    async with ex.open_runner(cancel_grace=10) as runner:
-        start = time.monotonic()
-        with trio.move_on_after(0.3):
-            async with runner.exec_stream(code) as op:
-                async for _event in op:
-                    pass
-        assert time.monotonic() - start < 5, "waited for the grace period"
-        assert runner.is_alive
-        assert op.result.status == "ok"
-        assert op.result.stdout == "eof after interrupt\n"
+    # Had the second input() hung, the runner would have been killed after cancel_grace
+    # (op result cancelled, runner dead). The fail_after is a hang detector.
+    with trio.fail_after(60):
+        async with ex.open_runner(cancel_grace=30) as runner:
+            with trio.move_on_after(0.3):
+                async with runner.exec_stream(code) as op:
+                    async for _event in op:
+                        pass
+            assert runner.is_alive, "waited for the grace period"
+            assert op.result.status == "ok"
+            assert op.result.stdout == "eof after interrupt\n"
 
 
 async def test_abandoned_stream_is_cancelled() -> None:
@@ -172,11 +183,11 @@ async def test_code_that_ignores_the_interrupt_gets_killed() -> None:
         "    except KeyboardInterrupt:\n"
         "        pass\n"
     )
+    # Killed once cancel_grace is over; without the kill the code would run forever, so
+    # the fail_after is a hang detector, not a speed check.
     async with ex.open_runner(cancel_grace=0.5) as runner:
-        start = time.monotonic()
-        with trio.move_on_after(0.2):
+        with trio.fail_after(30), trio.move_on_after(0.2):
             await runner.exec(code)
-        assert time.monotonic() - start < 5
         assert runner.state == "dead"
         with pytest.raises(ex.RunnerDied, match=r"cancel_grace=0\.5") as info:
             await runner.exec("1")
@@ -184,16 +195,18 @@ async def test_code_that_ignores_the_interrupt_gets_killed() -> None:
 
 
 async def test_runner_killed_mid_op_gives_runner_died_at_once() -> None:
-    async with ex.open_runner(env={"EXECPY_TRACE": "1"}) as runner:
+    # Every timeout the client has is set far beyond the hang detector: RunnerDied must
+    # come from seeing the death, never from one of them expiring.
+    async with ex.open_runner(
+        env={"EXECPY_TRACE": "1"}, cancel_grace=600, shutdown_timeout=600, write_timeout=600
+    ) as runner:
         pid = runner.pid
-        start = time.monotonic()
-        with pytest.raises(ex.RunnerDied) as info:
+        with trio.fail_after(30), pytest.raises(ex.RunnerDied) as info:
             async with runner.exec_stream(
                 "import time\nprint('up', flush=True)\ntime.sleep(60)"
             ) as op:
                 async for _event in op:
                     os.kill(pid, signal.SIGKILL)
-        assert time.monotonic() - start < 3, "RunnerDied must not wait for a timeout"
         err = info.value
         assert err.signal == signal.SIGKILL and err.returncode == -signal.SIGKILL
         assert err.pid == pid
@@ -212,9 +225,10 @@ async def test_code_that_exits_gives_runner_died() -> None:
 
 
 async def test_leaving_under_cancellation_shuts_down() -> None:
-    with trio.move_on_after(0.5):
+    with trio.CancelScope() as scope:
         async with ex.open_runner() as runner:
             await runner.exec("x = 1")
+            scope.cancel()  # the block is left by cancellation, once the runner is up
             await trio.sleep_forever()
     assert runner.process is not None and runner.process.returncode is not None
     assert runner.state == "closed"
@@ -227,7 +241,7 @@ async def test_orderly_shutdown_exits_cleanly_and_kills_leftover_children() -> N
         )
         assert not _gone(child)
     assert runner.returncode == 0
-    with trio.move_on_after(5):
+    with trio.move_on_after(10):  # a hang detector
         while not _gone(child):  # noqa: ASYNC110 - polling another process's state
             await trio.sleep(0.02)
     assert _gone(child), "a child of the user's code outlived the runner"
@@ -253,12 +267,16 @@ async def test_stdio_mode() -> None:
 
 
 async def test_ping_while_code_runs() -> None:
-    async with ex.open_runner() as runner, trio.open_nursery() as nursery:
-        nursery.start_soon(runner.exec, "import time\ntime.sleep(0.5)")
-        await trio.sleep(0.1)
-        with trio.fail_after(2):
-            rtt = await runner.ping()
-        assert rtt < 0.4  # answered while busy, not after the op
+    # The code runs until it is cancelled, so the pong can only have come while it ran.
+    with trio.fail_after(30):  # a hang detector
+        async with ex.open_runner() as runner:
+            async with runner.exec_stream("print('up', flush=True)\nwhile True: pass") as op:
+                async for event in op:
+                    assert isinstance(event, ex.Output) and event.data == b"up\n"
+                    await runner.ping()
+                    assert not op.finished
+                    break  # leaving the stream cancels the op
+            assert op.result.status == "cancelled"
 
 
 async def test_concurrent_callers_fifo() -> None:
@@ -272,7 +290,8 @@ async def test_concurrent_callers_fifo() -> None:
         async with trio.open_nursery() as nursery:
             for i in range(5):
                 nursery.start_soon(call, i)
-                await trio.sleep(0.005)
+                # Caller i is queued (or running) before caller i + 1 starts.
+                await trio.testing.wait_all_tasks_blocked()
         assert results == ["0", "1", "2", "3", "4"]
 
 
@@ -309,11 +328,10 @@ async def test_command_that_dies_at_start() -> None:
 
 async def test_command_that_never_answers() -> None:
     command = [sys.executable, "-c", "import time; time.sleep(60)"]
-    start = time.monotonic()
-    with pytest.raises(ex.RunnerStartError, match=r"handshake_timeout=0\.5"):
+    # The message names the timeout that expired; the fail_after is a hang detector.
+    with trio.fail_after(30), pytest.raises(ex.RunnerStartError, match=r"handshake_timeout=0\.5"):
         async with ex.open_runner(command=command, stdio=True, handshake_timeout=0.5):
             pass  # pragma: no cover
-    assert time.monotonic() - start < 4
 
 
 async def test_command_that_talks_garbage() -> None:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from execpy_trio.protocol import Done, InputRequest
-from runner_client import RunnerClient
+from runner_client import RunnerClient, wait_for, wait_for_file_code
 
 
 @pytest.fixture
@@ -92,7 +93,7 @@ def test_getpass_sets_the_password_flag(client: RunnerClient) -> None:
     assert r.error["type"] == "EOFError"
 
 
-def test_threads_take_turns_and_late_waiters_get_eof(client: RunnerClient) -> None:
+def test_threads_take_turns_and_late_waiters_get_eof(client: RunnerClient, tmp_path: Path) -> None:
     answers = iter(["a", "b"])
     r = client.exec(
         "import threading\nres = []\n"
@@ -103,26 +104,38 @@ def test_threads_take_turns_and_late_waiters_get_eof(client: RunnerClient) -> No
     )
     assert r.value == "['a', 'b']"
     # A thread still waiting when the op ends gets EOF; its request is left unanswered.
-    client.start_exec(
+    # The op ends only once the test has seen the thread's request (it creates a file).
+    asked = tmp_path / "asked"
+    op = client.start_exec(
         "import threading\nout = []\n"
         "def f():\n    try:\n        input()\n    except EOFError:\n        out.append('eof')\n"
-        "t = threading.Thread(target=f)\nt.start()\nimport time\ntime.sleep(0.1)",
+        f"t = threading.Thread(target=f)\nt.start()\n{wait_for_file_code(asked)}_signalled",
         allow_stdin=True,
     )
-    events = []
-    while not events or not isinstance(events[-1], Done):
-        events.append(client.recv(5))
+    events = [client.recv(10)]
+    assert isinstance(events[0], InputRequest), events
+    asked.touch()
+    while not isinstance(events[-1], Done):
+        events.append(client.recv(10))
     assert [type(e) for e in events] == [InputRequest, Done]
+    assert events[-1] == Done(op, "ok", "True", None)
     assert events[-1].status == "ok"
     assert client.exec("t.join(5)\nout").value == "['eof']"
 
 
-def test_input_while_no_op_runs_is_eof(client: RunnerClient) -> None:
+def test_input_while_no_op_runs_is_eof(client: RunnerClient, tmp_path: Path) -> None:
+    # The thread reads once the op is done (the test creates "go" then) and says when it
+    # has its answer ("read"); only then does the next op start.
+    go, read = tmp_path / "go", tmp_path / "read"
     client.exec(
-        "import threading, time\nres = []\n"
-        "def f():\n    time.sleep(0.2)\n    try:\n        input()\n    except EOFError:\n"
-        "        res.append('eof')\nt = threading.Thread(target=f)\nt.start()"
+        "import threading\nres = []\ndef f():\n"
+        f"{wait_for_file_code(go, indent='    ')}"
+        "    try:\n        input()\n    except EOFError:\n        res.append('eof')\n"
+        f"    open({str(read)!r}, 'w').close()\n"
+        "t = threading.Thread(target=f)\nt.start()"
     )
+    go.touch()
+    wait_for(read.exists, 30, "the thread to read while no op runs")
     assert client.exec("t.join(5)\nres").value == "['eof']"
 
 

@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import pytest
 
 from execpy_trio.protocol import Cancel, Done, InputReply, InputRequest, Output
-from runner_client import RunnerClient, process_alive
+from runner_client import RunnerClient, wait_gone
 
 
 @pytest.fixture
@@ -20,23 +20,28 @@ def client() -> Iterator[RunnerClient]:
         c.close()
 
 
-def _cancel_after_start(client: RunnerClient, code: str, **fields: object) -> tuple[Done, float]:
+#: How long a cancel may take to interrupt the code: a hang detector, not a speed check
+#: (uninterrupted, each snippet below runs for 100 s or forever).
+INTERRUPT_BOUND = 10.0
+
+
+def _cancel_after_start(client: RunnerClient, code: str, **fields: object) -> Done:
     op = client.start_exec(code + "\nprint('unreachable')", **fields)
-    first = client.recv(5)  # each snippet announces itself, so the code surely runs
+    first = client.recv(10)  # each snippet announces itself, so the code surely runs
     if isinstance(first, InputRequest):
         pass
     else:
         assert isinstance(first, Output) and first.data == b"started\n", first
-    t0 = time.monotonic()
     client.send(Cancel(op))
     events = []
+    deadline = time.monotonic() + INTERRUPT_BOUND
     while True:
-        ev = client.recv(5)
+        ev = client.recv(deadline - time.monotonic())
         events.append(ev)
         if isinstance(ev, Done):
             assert ev.op == op
             assert not any(isinstance(e, Output) and b"unreachable" in e.data for e in events)
-            return ev, time.monotonic() - t0
+            return ev
 
 
 @pytest.mark.parametrize(
@@ -50,11 +55,10 @@ def _cancel_after_start(client: RunnerClient, code: str, **fields: object) -> tu
     ids=["tight-loop", "sleep", "child", "event-wait"],
 )
 def test_cancel_interrupts(client: RunnerClient, code: str) -> None:
-    done, elapsed = _cancel_after_start(client, code)
+    done = _cancel_after_start(client, code)
     assert done.status == "cancelled", done
     assert done.error is not None and done.error["type"] == "KeyboardInterrupt"
     assert "execpy_trio" not in done.error["traceback"]
-    assert elapsed < 2.0
     assert client.exec("'alive'").value == "'alive'"
 
 
@@ -64,16 +68,16 @@ def test_cancel_during_os_system(client: RunnerClient) -> None:
     op = client.start_exec(
         "print('started')\nimport os\nos.system('sleep 100')\nimport time\ntime.sleep(100)"
     )
-    assert isinstance(client.recv(5), Output)
-    t0 = time.monotonic()
+    assert isinstance(client.recv(10), Output)
     client.send(Cancel(op))
-    result = client.collect(op)
-    assert result.status == "cancelled" and time.monotonic() - t0 < 2
+    # Without the second delivery the code would sleep 100 s: the bound is a hang detector.
+    result = client.collect(op, timeout=INTERRUPT_BOUND)
+    assert result.status == "cancelled"
 
 
 def test_cancel_a_pending_input(client: RunnerClient) -> None:
-    done, elapsed = _cancel_after_start(client, "x = input('?')", allow_stdin=True)
-    assert done.status == "cancelled" and elapsed < 2.0
+    done = _cancel_after_start(client, "x = input('?')", allow_stdin=True)
+    assert done.status == "cancelled"
     # The abandoned request is not re-sent; the next op asks afresh.
     r = client.exec("input('again')", allow_stdin=True, on_input=lambda req: "yes")
     assert r.value == "'yes'"
@@ -81,7 +85,7 @@ def test_cancel_a_pending_input(client: RunnerClient) -> None:
 
 def test_namespace_survives_a_cancel(client: RunnerClient) -> None:
     client.exec("kept = 41")
-    done, _ = _cancel_after_start(client, "print('started')\nkept += 1\nwhile True: pass")
+    done = _cancel_after_start(client, "print('started')\nkept += 1\nwhile True: pass")
     assert done.status == "cancelled"
     assert client.exec("kept").value == "42"
 
@@ -91,27 +95,24 @@ def test_cancel_kills_children_started_by_the_op(client: RunnerClient) -> None:
         "import subprocess\np = subprocess.Popen(['sleep', '100'])\nprint(p.pid, flush=True)\n"
         "p.wait()"
     )
-    out = client.recv(5)
+    out = client.recv(10)
     assert isinstance(out, Output)
     child = int(out.data)
     client.send(Cancel(op))
     done = client.collect(op).done
     assert done is not None and done.status == "cancelled"
-    deadline = time.monotonic() + 3
-    while process_alive(child) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert not process_alive(child)
+    assert wait_gone(child, 10), "the op's child outlived the cancel"  # a hang detector
 
 
 def test_cancel_during_finally_ends_in_exactly_one_done(client: RunnerClient) -> None:
     op = client.start_exec(
         "import time\ntry:\n    print('started', flush=True)\n    time.sleep(100)\n"
-        "finally:\n    print('cleanup', flush=True)\n    time.sleep(0.3)\n    print('end')"
+        "finally:\n    print('cleanup', flush=True)\n    time.sleep(100)\n    print('end')"
     )
-    assert client.recv(5) == Output(op, "stdout", b"started\n")
+    assert client.recv(10) == Output(op, "stdout", b"started\n")
     client.send(Cancel(op))
-    assert client.recv(5) == Output(op, "stdout", b"cleanup\n")
-    client.send(Cancel(op))  # lands in the finally's sleep
+    assert client.recv(10) == Output(op, "stdout", b"cleanup\n")
+    client.send(Cancel(op))  # lands in the finally's sleep (it lasts until interrupted)
     result = client.collect(op)
     assert result.status == "cancelled"
     assert b"end" not in result.stdout
@@ -124,7 +125,7 @@ def test_code_that_swallows_the_interrupt_completes_ok(client: RunnerClient) -> 
         "import time\ntry:\n    print('started', flush=True)\n    time.sleep(100)\n"
         "except KeyboardInterrupt:\n    outcome = 'caught'\noutcome"
     )
-    client.recv(5)
+    client.recv(10)
     client.send(Cancel(op))
     result = client.collect(op)
     assert result.status == "ok" and result.value == "'caught'"

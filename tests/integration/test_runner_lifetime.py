@@ -7,20 +7,33 @@ import signal
 import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
-from execpy_trio.protocol import CLIENT, PROTOCOL_VERSION, Connection, Hello, Output, Welcome
+from execpy_trio.protocol import (
+    CLIENT,
+    PROTOCOL_VERSION,
+    Connection,
+    Hello,
+    Output,
+    Ping,
+    Pong,
+    Welcome,
+)
 from execpy_trio.runner import EXIT_CHANNEL_LOST, EXIT_OK, EXIT_PROTOCOL
-from runner_client import RUNNER_CMD, RunnerClient, process_alive, wait_gone
+from runner_client import RUNNER_CMD, RunnerClient, process_alive, wait_for, wait_gone
 
 
 def _child_pid_from(client: RunnerClient, code: str) -> tuple[int, int]:
     op = client.start_exec(code)
-    out = client.recv(5)
+    out = client.recv(10)
     assert isinstance(out, Output), out
     return op, int(out.data)
+
+
+def _is_zombie(pid: int) -> bool:
+    with open(f"/proc/{pid}/stat") as f:  # our child: it stays until we reap it
+        return f.read().rsplit(")", 1)[1].split()[0] == "Z"
 
 
 def _cpu_seconds(pid: int) -> float:
@@ -39,11 +52,11 @@ def test_channel_closed_mid_op_kills_runner_and_children() -> None:
             "print(p.pid, flush=True)\ntime.sleep(100)",
         )
         assert process_alive(child)
-        t0 = time.monotonic()
         client.close_channel()
-        assert client.wait(3) == EXIT_CHANNEL_LOST
-        assert time.monotonic() - t0 < 2.5
-        assert wait_gone(child, 2)
+        # The runner exits at once (interrupting the op, or after its 1 s grace): the
+        # bounds are hang detectors, not speed checks.
+        assert client.wait(10) == EXIT_CHANNEL_LOST
+        assert wait_gone(child, 10)
         assert "channel was lost while op 1 ran" in client.diag()
     finally:
         client.close()
@@ -57,13 +70,14 @@ def test_channel_closed_mid_op_in_c_code_that_ignores_signals() -> None:
             "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
             "print('go', flush=True)\ntime.sleep(100)"
         )
-        assert isinstance(client.recv(5), Output)
+        assert isinstance(client.recv(10), Output)
         cpu_before = _cpu_seconds(client.pid)
         client.close_channel()
-        time.sleep(0.5)
-        # Waiting out the grace must not busy-poll the closed channel.
+        # Waiting out the grace (all of it: a zombie still reports its CPU time) must not
+        # busy-poll the closed channel.
+        wait_for(lambda: _is_zombie(client.pid), 10, "the runner to exit after its grace")
         assert _cpu_seconds(client.pid) - cpu_before < 0.25
-        assert client.wait(4) == EXIT_CHANNEL_LOST
+        assert client.wait(10) == EXIT_CHANNEL_LOST
     finally:
         client.close()
 
@@ -76,8 +90,8 @@ def test_channel_closed_while_idle_is_a_clean_exit_and_kills_background_children
         )
         client.collect(1)
         client.close_channel()
-        assert client.wait(3) == EXIT_OK
-        assert wait_gone(child, 2)
+        assert client.wait(10) == EXIT_OK  # hang detectors, not speed checks
+        assert wait_gone(child, 10)
     finally:
         client.close()
 
@@ -113,7 +127,8 @@ def test_runner_dies_with_its_parent() -> None:
             assert isinstance(conn.next_event(), Welcome)
             middle.kill()
             middle.wait(5)
-            assert wait_gone(runner_pid, 3), "the runner outlived its parent"
+            # A hang detector: the runner watches a pidfd (or polls getppid twice a second).
+            assert wait_gone(runner_pid, 10), "the runner outlived its parent"
         finally:
             if middle.poll() is None:
                 middle.kill()
@@ -166,8 +181,11 @@ def test_garbage_while_an_op_runs() -> None:
     client = RunnerClient()
     try:
         client.start_exec("print('go', flush=True)\nimport time\ntime.sleep(100)")
-        assert isinstance(client.recv(5), Output)
-        time.sleep(0.05)  # the I/O thread reads by now
+        assert isinstance(client.recv(10), Output)
+        # Only the I/O thread answers a ping while an op runs: once the pong is here, it
+        # is the one reading.
+        client.send(Ping(1))
+        assert client.recv(10) == Pong(1)
         client.send_raw(b"\x00\x00\x00\x02\x91\x01")
         values = client.recv_raw_values()
         assert values[-1]["kind"] == "error" and values[-1]["fatal"] is True
@@ -189,11 +207,20 @@ def test_runner_diagnostics_are_separate_from_user_stderr() -> None:
         client.close()
 
 
+def _sigint_pending(pid: int) -> bool:
+    bit = 1 << (signal.SIGINT - 1)
+    with open(f"/proc/{pid}/status") as f:
+        masks = [line.split()[1] for line in f if line.startswith(("SigPnd:", "ShdPnd:"))]
+    return any(int(mask, 16) & bit for mask in masks)
+
+
 def test_terminal_sigint_is_ignored_when_idle_and_private_fds_are_not_inherited() -> None:
     client = RunnerClient()
     try:
         os.kill(client.pid, signal.SIGINT)
-        time.sleep(0.1)
+        # Once the kernel has delivered it (no longer pending), the runner's handler runs
+        # in its main thread before the next request is handled: while it is idle.
+        wait_for(lambda: not _sigint_pending(client.pid), 10, "the SIGINT to be delivered")
         r = client.exec(
             "import os, subprocess\n"
             "subprocess.run(['sh', '-c', 'ls /proc/self/fd'], capture_output=True).stdout.split()"

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from execpy_trio.protocol import Done, Output
-from runner_client import RunnerClient
+from runner_client import RunnerClient, wait_for, wait_for_file_code
 
 
 @pytest.fixture
@@ -44,10 +46,17 @@ def test_partial_line_is_flushed_before_done(client: RunnerClient) -> None:
     assert (r.stdout, r.stderr) == (b"no newline", b"e")
 
 
-def test_output_streams_before_the_op_ends(client: RunnerClient) -> None:
-    op = client.start_exec("import time\nprint('early')\ntime.sleep(0.5)\nprint('late')")
-    first = client.recv(3)
+def test_output_streams_before_the_op_ends(client: RunnerClient, tmp_path: Path) -> None:
+    # The code cannot end before the test has seen 'early': it waits for a file the test
+    # creates only then (had the runner held the output back, the code would give up
+    # waiting after 30 s and print 'timed out').
+    go = tmp_path / "go"
+    op = client.start_exec(
+        f"print('early')\n{wait_for_file_code(go)}print('late' if _signalled else 'timed out')"
+    )
+    first = client.recv(60)
     assert isinstance(first, Output) and first.data == b"early\n"
+    go.touch()
     rest = client.collect(op)
     assert rest.stdout == b"late\n" and rest.status == "ok"
 
@@ -70,15 +79,16 @@ def test_chunks_are_bounded_by_64k_and_the_peer_limit() -> None:
 
 def test_child_holding_the_pipe_does_not_stall_done(client: RunnerClient) -> None:
     # A background child keeps fd 1 open and keeps writing after the code finished.
+    # 'started' goes first: printed after the Popen, it could follow the child's first tick.
     code = (
         "import subprocess\n"
+        "print('started', flush=True)\n"
         "p = subprocess.Popen(['sh', '-c', 'while true; do echo tick; sleep 0.01; done'])\n"
-        "print('started')"
     )
-    t0 = time.monotonic()
-    r = client.exec(code)
+    # Stalled, the done would never come (the child writes forever): the timeout is a
+    # hang detector, not a speed check.
+    r = client.exec(code, timeout=30)
     assert r.status == "ok" and r.stdout.startswith(b"started\n")
-    assert time.monotonic() - t0 < 3
     r = client.exec("p.kill(); p.wait()")
     assert r.status == "ok"
 
@@ -105,11 +115,23 @@ def test_writing_to_fds_1_and_2_cannot_corrupt_the_channel(client: RunnerClient)
     assert client.exec("1").value == "1"
 
 
-def test_output_written_while_idle_goes_with_the_next_op(client: RunnerClient) -> None:
-    client.exec("import threading, time\nthreading.Timer(0.2, print, ['from timer']).start()")
-    time.sleep(0.5)
+def test_output_written_while_idle_goes_with_the_next_op(
+    client: RunnerClient, tmp_path: Path
+) -> None:
+    # A thread prints once the first op is done (the test says when, with a file) and
+    # says so with another file; only then does the next op start.
+    go, printed = tmp_path / "go", tmp_path / "printed"
+    client.exec(
+        "import threading\ndef later():\n"
+        f"{wait_for_file_code(go, indent='    ')}"
+        "    print('from the thread', flush=True)\n"
+        f"    open({str(printed)!r}, 'w').close()\n"
+        "threading.Thread(target=later).start()"
+    )
+    go.touch()
+    wait_for(printed.exists, 30, "the thread to print while no op runs")
     r = client.exec("'x'")
-    assert r.stdout == b"from timer\n"
+    assert r.stdout == b"from the thread\n"
 
 
 def _rss_kib(pid: int) -> int:
@@ -120,14 +142,43 @@ def _rss_kib(pid: int) -> int:
     raise AssertionError("no VmRSS")
 
 
+def _all_threads_asleep(pid: int) -> bool:
+    states = []
+    for tid in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{tid}/stat") as f:
+                states.append(f.read().rsplit(")", 1)[1].split()[0])
+        except OSError:
+            continue  # a thread that just ended
+    return bool(states) and all(state in "SD" for state in states)
+
+
+def _wait_stalled(pid: int, samples: int = 5, timeout: float = 30) -> None:
+    """Until every thread of ``pid`` sleeps on ``samples`` polls in a row (10 ms apart).
+
+    A runner that buffered the output instead of blocking would keep a thread running
+    (reading the pipe, growing) until it held all of it: then the RSS check fails.
+    """
+    in_a_row = 0
+
+    def stalled() -> bool:
+        nonlocal in_a_row
+        in_a_row = in_a_row + 1 if _all_threads_asleep(pid) else 0
+        return in_a_row >= samples
+
+    wait_for(stalled, timeout, f"runner {pid} to stall on its full channel", interval=0.01)
+
+
 def test_200_mb_of_output_with_a_slow_reader_keeps_memory_bounded(client: RunnerClient) -> None:
     total = 200 * 1024 * 1024
     op = client.start_exec(
         f"import os\nb = b'y' * 65536\nfor _ in range({total // 65536}):\n    os.write(1, b)"
     )
-    time.sleep(0.5)  # the reader is slow: the runner must block, not buffer
+    # The reader is slow: the runner must block, not buffer. Wait until it is stalled
+    # (every thread asleep, on several samples in a row), then see what it holds.
+    _wait_stalled(client.pid)
     rss_stalled = _rss_kib(client.pid)
-    ours_before = _rss_kib(__import__("os").getpid())
+    ours_before = _rss_kib(os.getpid())
     received = 0
     samples = []
     deadline = time.monotonic() + 60
@@ -142,7 +193,7 @@ def test_200_mb_of_output_with_a_slow_reader_keeps_memory_bounded(client: Runner
         assert isinstance(ev, Done) and ev.op == op and ev.status == "ok", ev
         break
     assert received == total
-    ours_after = _rss_kib(__import__("os").getpid())
+    ours_after = _rss_kib(os.getpid())
     # The runner holds at most a pipe and a chunk or two, never the output.
     assert rss_stalled < 60 * 1024, rss_stalled
     assert max(samples) < 60 * 1024, samples

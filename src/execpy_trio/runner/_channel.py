@@ -180,18 +180,11 @@ class Channel:
         self.last_chunk = data  # kept whole: it is sliced only for a diagnostic
         return data
 
-    def fill(self, timeout_ms: int | None = None) -> bool:
-        """Read one chunk into the connection (the caller holds ``read_lock``).
-
-        Returns False if nothing came within ``timeout_ms`` (None = wait as long as it
-        takes).
-        """
-        if timeout_ms is not None and not self._readable.poll(timeout_ms):
-            return False
+    def fill(self) -> None:
+        """Read one chunk into the connection (the caller holds ``read_lock``)."""
         data = self._read_chunk()
         with self.conn_lock:
             self.conn.receive_data(data)
-        return True
 
     def read_event(self, timeout_ms: int | None = None) -> Any:
         """The next event, reading as needed (the caller holds ``read_lock``).

@@ -52,7 +52,6 @@ class Executor:
         main = type(sys)("__main__")
         main.__dict__["__builtins__"] = builtins
         sys.modules["__main__"] = main
-        self.module = main
         self.ns: dict[str, Any] = main.__dict__
         self._linecache: ModuleType | None = sys.modules.get("linecache")
         #: Sources waiting for linecache to be imported, by filename.
@@ -95,15 +94,6 @@ class Executor:
         self._linecache.cache[filename] = (len(source), None, source.splitlines(True), filename)
 
     # -- compiling ------------------------------------------------------------------------
-
-    def compile_exec(self, source: str, filename: str) -> tuple[CodeType | None, CodeType | None]:
-        """(code for all statements, code of a final expression or None)."""
-        return self.compile_code("exec", source, filename)
-
-    def compile_eval(self, source: str, filename: str) -> CodeType:
-        expr = self.compile_code("eval", source, filename)[1]
-        assert expr is not None
-        return expr
 
     def compile_code(
         self, mode: str, source: str, filename: str

@@ -52,7 +52,8 @@ class _OpInput:
         self.op = op
         self.canned = canned or ""
         self.allow = allow
-        self.ended = op == 0
+        #: The op ended (read only where ``allow``: without it every read is decided at once).
+        self.ended = False
         self.sent = False
         self.written = False
         self.replied = False
@@ -99,10 +100,8 @@ class Input:
     # -- per op (main thread) and replies (I/O thread) -----------------------------------
 
     def begin(self, op: int, canned: str | None, allow: bool) -> None:
-        if canned or allow:
-            self._state = _OpInput(op, canned, allow)
-        else:
-            self._state = self._no_input  # end of file at once: nothing per op to keep
+        """Only for an op with canned text or ``allow``: the others keep ``_no_input``."""
+        self._state = _OpInput(op, canned, allow)
 
     def finish(self) -> None:
         st = self._state
@@ -110,7 +109,6 @@ class Input:
             return
         self._state = self._no_input  # reading while no op runs is end of file
         if not st.allow:  # no request can be outstanding, nobody can be waiting
-            st.ended = True
             return
         with st.mutex:
             st.ended = True
