@@ -7,6 +7,7 @@ Fake runners over memory streams, timing on trio's autojump clock (no wall clock
 from __future__ import annotations
 
 import contextlib
+import traceback
 from collections.abc import AsyncIterator
 
 import pytest
@@ -442,3 +443,48 @@ async def test_unknown_kinds_flood_does_not_stall_the_reader(
         assert trio.current_time() - start < 1  # no per-notice wait
         assert runner.statistics().transport.notices_dropped >= 500 - 17
         await runner.ping()
+
+
+# --- found in review ---------------------------------------------------------------------
+
+
+async def test_aclose_inside_an_unread_stream_block_reads_the_completion(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    received: list[type] = []
+    start = trio.current_time()
+    async with scripted(_answers_cancel(received), cancel_grace=2) as (runner, _):
+        async with runner.exec_stream("while True: pass") as op:
+            await runner.aclose()  # nobody iterates the op: the shutdown reads for it
+            assert trio.current_time() - start < 2  # not a grace wait, then a kill
+    assert op.state == "completed" and op.result.status == "cancelled"
+    assert op.result.stderr == "KeyboardInterrupt\n"
+    assert received[0] is P.Cancel
+
+
+async def test_nested_op_in_the_same_task_is_a_clear_error() -> None:
+    async def script(fake: FakeRunner) -> None:
+        await fake.handshake()
+        req = await fake.expect(P.Exec)
+        await fake.expect(P.Cancel)
+        await fake.send(P.Done(req.op, "cancelled"))
+        await fake.serve_until_shutdown()
+
+    async with scripted(script) as (runner, _):
+        with pytest.raises(RuntimeError, match="already running op 1"):
+            async with runner.exec_stream("x"):
+                await runner.exec("y")
+
+
+async def test_the_shared_error_does_not_grow_with_every_raise() -> None:
+    async def script(fake: FakeRunner) -> None:
+        await fake.handshake()
+        await fake.close()
+
+    async with scripted(script) as (runner, _):
+        await runner.wait_closed()
+        for _ in range(200):
+            with pytest.raises(ex.RunnerDied) as info:
+                await runner.exec("x")
+    frames = list(traceback.walk_tb(info.value.__traceback__))
+    assert len(frames) < 20  # one raise's worth, not 200

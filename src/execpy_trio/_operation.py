@@ -117,6 +117,7 @@ class Operation:
         self._awaiting_input = False
         self._cancel_sent = False
         self._consuming = False
+        self._drained_by_session = False
         self._ended: trio.Event | None = None  # made only when someone waits for the end
         # The completion; the result is built from it when first asked for (joining and
         # decoding all the output is wasted on a stream consumer that never looks).
@@ -152,7 +153,7 @@ class Operation:
         if result is not None:
             return result
         if self._failure is not None:
-            raise self._failure
+            raise self._failure.with_traceback(None)
         done = self._done
         if done is None:
             raise RuntimeError(
@@ -205,6 +206,9 @@ class Operation:
         """
         if self._state != RUNNING:
             raise StopAsyncIteration
+        if self._consuming and self._drained_by_session:
+            await self._wait_ended()  # the runner is being closed: its shutdown reads the rest
+            raise StopAsyncIteration
         self._enter_consumer()
         try:
             while True:
@@ -213,7 +217,7 @@ class Operation:
                 except trio.EndOfChannel:
                     msg = None
                 if msg is None:  # raised outside the handler: the shared error stays as built
-                    raise self._lose()
+                    raise self._lose().with_traceback(None)
                 event = self._absorb(msg)
                 if event is not None:
                     return event
@@ -246,7 +250,7 @@ class Operation:
                 except trio.EndOfChannel:
                     msg = None
                 if msg is None:
-                    raise self._lose()
+                    raise self._lose().with_traceback(None)
                 if type(msg) is OutputMsg:
                     kept.add(msg.stream, msg.data)
                 elif type(msg) is InputRequestMsg:  # pragma: no cover - allow_stdin is False
@@ -429,8 +433,14 @@ class Operation:
         with trio.move_on_after(self._host.cancel_grace):
             try:
                 await self._request_cancel()
+                if self._consuming:
+                    await self._wait_ended()
+                else:
+                    # Nobody reads (an exec_stream block busy elsewhere): read for it, or
+                    # the cancelled completion would wait behind the output.
+                    self._drained_by_session = True
+                    await self._drain()
             except (ExecpyError, trio.ClosedResourceError, trio.BrokenResourceError):
                 return  # the connection is gone: the consumer is told why
-            await self._wait_ended()
         if self._state == RUNNING:
             await self._give_up()

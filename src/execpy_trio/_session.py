@@ -248,7 +248,7 @@ class Runner:
             if not op.finished:
                 await op.abandon()
                 if op.state == "lost":
-                    raise self.lost_error()
+                    raise self.lost_error().with_traceback(None)
         finally:
             self._end(op)
 
@@ -268,7 +268,7 @@ class Runner:
         except trio.ClosedResourceError:
             self._check_usable("ping")
             raise
-        raise await self.verdict()
+        raise (await self.verdict()).with_traceback(None)
 
     async def _start(
         self,
@@ -292,11 +292,18 @@ class Runner:
             lock.acquire_nowait()  # fails also when others wait: they go first (FIFO)
         except trio.WouldBlock:
             await lock.acquire()
+        except RuntimeError:  # this very task holds it: waiting would be waiting on itself
+            raise RuntimeError(
+                f"cannot start {kind} on this runner: this task is already running "
+                f"{self._current.description if self._current else 'an op'} on it (an op "
+                "inside an exec_stream block?); ops on one runner run one at a time: finish "
+                "the block first, or use another runner"
+            ) from None
         try:
             self._check_usable(kind)
             transport = self._transport
             if transport.state != OPEN:
-                raise await self.verdict()
+                raise (await self.verdict()).with_traceback(None)
             op_id = self._next_op
             self._next_op += 1
             vars_ = dict(variables) if variables is not None else None
@@ -360,7 +367,7 @@ class Runner:
         except trio.ClosedResourceError:
             self._check_usable(f"send {msg.KIND!r}")
             raise
-        raise await self.verdict()
+        raise (await self.verdict()).with_traceback(None)
 
     def lost_error(self) -> BaseException:
         """The one error for "the connection ended" (known before any waiter wakes)."""
@@ -385,8 +392,9 @@ class Runner:
         handle = self._handle
         handle.stream_ended()
         try:
-            if self._death is None:
-                self._death = await self._diagnose()
+            death = await self._diagnose()
+            if self._death is None:  # a close may have decided while we diagnosed
+                self._death = death
         finally:
             if self._death is None:  # pragma: no cover - cancelled mid-diagnosis
                 self._death = trio.ClosedResourceError("the connection to the runner ended")
@@ -405,6 +413,8 @@ class Runner:
         failure = self._transport.failure
         if isinstance(failure, RemoteProtocolError):
             handle.kill()  # unusable: stop it now rather than at close
+            with trio.move_on_after(EXIT_WAIT):
+                await handle.wait()  # so that wait_closed() means it is gone
             exc = RemoteProtocolError(
                 f"{f'while {running} was running: ' if running else ''}{failure}; this "
                 "runner is unusable now (it was stopped): start a new one",
@@ -461,7 +471,7 @@ class Runner:
                 f"cannot {doing}: this runner was closed; start a new one"
             )
         if self._death is not None:
-            raise self._death
+            raise self._death.with_traceback(None)
 
     async def kill(self, reason: str = "the client killed it") -> None:
         """Kill the runner now (the launcher's policy: for a local process, SIGKILL to its
@@ -514,6 +524,11 @@ class Runner:
         if op is not None and not op.finished and self.state == RUNNING:
             await op.interrupt()
         was_usable = self.state == RUNNING
+        if not was_usable and transport.reader_started and not self._death_known.is_set():
+            # The connection ended on its own and the reader is still deciding why: that
+            # verdict, not "closed", is what the waiters must get.
+            with trio.move_on_after(VERDICT_WAIT):
+                await self._death_known.wait()
         if self._state != CLOSED:
             running = op.description if op is not None and not op.finished else None
             self._state = CLOSED

@@ -449,7 +449,8 @@ class Transport:
             scope.deadline = trio.current_time() + self.write_timeout
             try:
                 if fd >= 0:
-                    await self._write_fd(fd, rest, scope)
+                    assert fd_of is not None
+                    await self._write_fd(fd_of, rest, scope)
                 else:
                     await self._write_pieces(rest, scope)
             except trio.ClosedResourceError:
@@ -466,9 +467,17 @@ class Transport:
         self._frames_sent += 1
         return True
 
-    async def _write_fd(self, fd: int, rest: memoryview, scope: trio.CancelScope) -> None:
+    async def _write_fd(
+        self, fd_of: Callable[[], int], rest: memoryview, scope: trio.CancelScope
+    ) -> None:
         while rest:
-            await trio.lowlevel.wait_writable(fd)
+            fd = fd_of()
+            if fd >= 0:
+                await trio.lowlevel.wait_writable(fd)
+            # Asked again after every wait: if the stream was closed meanwhile, its number
+            # may already belong to another file.
+            if fd < 0 or fd_of() != fd:
+                raise trio.ClosedResourceError("the stream was closed during a write")
             try:
                 sent = os.write(fd, rest)
             except BlockingIOError:

@@ -4,7 +4,9 @@ deadline around the runner itself, death from outside, the capped result."""
 from __future__ import annotations
 
 import os
+import pathlib
 import signal
+import sys
 
 import pytest
 import trio
@@ -102,3 +104,104 @@ async def test_kill_reports_the_signal_and_the_op() -> None:
         assert runner.returncode == -signal.SIGKILL
     assert len(errors) == 1
     assert "the test killed it" in str(errors[0]) and errors[0].op is not None  # type: ignore[attr-defined]
+
+
+# --- found in review ---------------------------------------------------------------------
+
+
+def _gone_or_zombie(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+async def test_kill_after_close_signals_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with ex.open_runner() as runner:
+        await runner.exec("x = 1")
+    calls: list[tuple[int, int]] = []
+    monkeypatch.setattr(os, "killpg", lambda pgid, sig: calls.append((pgid, sig)))
+    await runner.kill()  # its group id may belong to someone else by now
+    assert calls == []
+
+
+async def test_children_do_not_outlive_a_dead_runner(tmp_path: pathlib.Path) -> None:
+    pid_file = tmp_path / "child.pid"
+    async with ex.open_runner() as runner:
+        with pytest.raises(ex.RunnerDied):
+            await runner.exec(
+                "import os, subprocess\np = subprocess.Popen(['sleep', '60'])\n"
+                f"open({str(pid_file)!r}, 'w').write(str(p.pid))\nos._exit(6)"
+            )
+        child = int(pid_file.read_text())
+        with trio.fail_after(HANG):
+            await runner.wait_closed()
+            # Killed with the runner's group when it exited, not when the block ends.
+            while not _gone_or_zombie(child):  # noqa: ASYNC110 - another process
+                await trio.sleep(0.01)
+
+
+BAD_RUNNER = (
+    r"""
+import os, sys, time
+import execpy_trio.protocol as P
+fd = int(sys.argv[-1])
+conn = P.Connection("runner")
+while conn.next_event() is P.NEED_DATA:
+    conn.receive_data(os.read(fd, 65536))
+W = P.Welcome((1, 0), "bad", "0", "python", "3", os.getpid(), P.DEFAULT_MAX_FRAME)
+os.write(fd, conn.send(W))
+"""
+    + "os.write(fd, b'\\xff\\xff\\xff\\xff')\ntime.sleep(60)\n"
+)
+
+
+async def test_wait_closed_after_a_protocol_error_means_the_runner_is_gone() -> None:
+    async with ex.open_runner(command=[sys.executable, "-c", BAD_RUNNER]) as runner:
+        with trio.fail_after(HANG):
+            await runner.wait_closed()
+        assert runner.returncode == -signal.SIGKILL  # stopped, and reaped, before we are told
+        with pytest.raises(ex.RemoteProtocolError, match="unusable"):
+            await runner.exec("1")
+
+
+LINGERING_RUNNER = r"""
+import os, sys, time, signal
+import execpy_trio.protocol as P
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+fd = int(sys.argv[-1])
+conn = P.Connection("runner")
+def receive():
+    while (event := conn.next_event()) is P.NEED_DATA:
+        conn.receive_data(os.read(fd, 65536))
+    return event
+receive()
+W = P.Welcome((1, 0), "x", "0", "python", "3", os.getpid(), P.DEFAULT_MAX_FRAME)
+os.write(fd, conn.send(W))
+receive()
+os.close(fd)
+sys.stderr.write("crashing\n")
+sys.stderr.flush()
+time.sleep(60)
+"""
+
+
+async def test_a_close_during_the_verdict_does_not_replace_it() -> None:
+    errors: list[BaseException] = []
+    async with ex.open_runner(command=[sys.executable, "-c", LINGERING_RUNNER]) as runner:
+
+        async def op() -> None:
+            try:
+                await runner.exec("x = 1")
+            except ex.RunnerDied as exc:
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(op)
+            with trio.fail_after(HANG):
+                while runner.is_alive:  # noqa: ASYNC110 - until the connection has ended
+                    await trio.sleep(0.01)
+            await runner.aclose()
+    assert len(errors) == 1 and runner.lost_error() is errors[0]
+    assert "crashing" in str(errors[0])

@@ -109,8 +109,28 @@ class StderrTail:
             self.done.set()
 
 
+def _open_pidfd(pid: int) -> int:
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):  # pragma: no cover - Linux < 5.3, or not Linux
+        return -1
+
+
+def _wait_exit_unreaped(pid: int) -> None:  # pragma: no cover - the pidfd path is used here
+    with contextlib.suppress(ChildProcessError):
+        os.waitid(os.P_PID, pid, os.WEXITED | os.WNOWAIT)
+
+
 class LocalProcessHandle(RunnerHandle):
-    """A runner that is a child process of this one."""
+    """A runner that is a child process of this one.
+
+    Only :meth:`reap` (a background task) reaps the process. It waits for the exit
+    *without* reaping, kills the process group then, while the unreaped leader still pins
+    the group id (so the kill cannot reach an unrelated group that reused the id, and
+    nothing the code started outlives the runner), and only then reaps. Nothing else may
+    reap: ``trio.Process.returncode`` and ``Popen.send_signal`` poll (and so reap), so
+    they are not used here.
+    """
 
     def __init__(self, process: trio.Process, stream: Stream, argv: list[str]) -> None:
         self.process = process
@@ -120,34 +140,70 @@ class LocalProcessHandle(RunnerHandle):
         self._tail = StderrTail()
         if process.stderr is None:
             self._tail.done.set()
+        self._pidfd = _open_pidfd(process.pid)
+        self._returncode: int | None = None
+        self._reaping = False  # from here on the pid and group id are not ours to signal
+        self._exited = trio.Event()  # exited, its group killed, reaped
+        self._ended = trio.Event()  # and its last diagnostics read (bounded)
         self._closed = False
 
     @property
     def returncode(self) -> int | None:
-        return self.process.returncode
+        return self._returncode
 
     def stderr_tail(self) -> tuple[str, ...]:
         return self._tail.lines()
 
     async def wait(self) -> None:
-        await self.process.wait()
+        await self._ended.wait()
+
+    async def reap(self) -> None:
+        """The handle's watcher: see the class docstring. Run it in the launcher's nursery."""
+        try:
+            if self._pidfd >= 0:
+                await trio.lowlevel.wait_readable(self._pidfd)
+            else:  # pragma: no cover - no pidfd: a thread waits without reaping
+                await trio.to_thread.run_sync(
+                    _wait_exit_unreaped, self.process.pid, abandon_on_cancel=True
+                )
+            self._kill_group()
+            self._reaping = True
+            self._returncode = await self.process.wait()
+        finally:
+            if self._pidfd >= 0:
+                os.close(self._pidfd)
+                self._pidfd = -1
+            self._reaping = True
+            self._exited.set()
         # The exit status is known; the last diagnostics may still be in the pipe.
         with trio.move_on_after(STDERR_WAIT):
             await self._tail.done.wait()
+        self._ended.set()
 
-    def kill(self) -> None:
-        # The whole group, also after the leader exited: the code may have left children.
+    def _kill_group(self) -> None:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(self.process.pid, signal.SIGKILL)
-        if self.process.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                self.process.kill()
+
+    def _signal_leader(self, sig: int) -> None:
+        if self._reaping:
+            return
+        with contextlib.suppress(ProcessLookupError, PermissionError, OSError):
+            if self._pidfd >= 0:
+                signal.pidfd_send_signal(self._pidfd, sig)
+            else:  # pragma: no cover - no pidfd: still unreaped, so the pid is still ours
+                os.kill(self.process.pid, sig)
+
+    def kill(self) -> None:
+        if self._reaping:
+            return  # it has exited: its group was killed then; the ids may be reused now
+        self._signal_leader(signal.SIGKILL)
+        self._kill_group()  # the unreaped leader pins the group id
 
     async def _exited_within(self, limit: float) -> bool:
         if limit > 0:
             with trio.move_on_after(limit):
-                await self.process.wait()
-        return self.process.returncode is not None
+                await self._exited.wait()
+        return self._exited.is_set()
 
     async def close(self, *, wait: float) -> None:
         with trio.CancelScope(shield=True):
@@ -155,8 +211,7 @@ class LocalProcessHandle(RunnerHandle):
                 self._closed = True
                 # Closing the channel alone makes a healthy runner exit.
                 if not await self._exited_within(wait) and wait > 0:
-                    with contextlib.suppress(ProcessLookupError):
-                        self.process.terminate()
+                    self._signal_leader(signal.SIGTERM)
                     await self._exited_within(TERMINATE_WAIT)
             self.kill()
             await self._exited_within(REAP_WAIT)
@@ -215,11 +270,12 @@ class LocalLauncher(Launcher):
     async def launch(self, options: RunnerOptions) -> AsyncIterator[RunnerHandle]:
         process, stream, argv = await _spawn(options)
         handle = LocalProcessHandle(process, stream, argv)
-        # The stderr reader outlives a cancellation of the owner's scope: the last
-        # diagnostics of a runner that dies during a shutdown are still worth reporting.
+        # The reaper and the stderr reader outlive a cancellation of the owner's scope: the
+        # shutdown needs the exit, and the last diagnostics are still worth reporting.
         services = ShieldedServices()
         try:
             async with trio.open_nursery() as nursery:
+                nursery.start_soon(services.run, handle.reap)
                 if process.stderr is not None:
                     nursery.start_soon(services.run, handle._tail.read_from, process.stderr)
                 try:
