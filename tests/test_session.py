@@ -7,6 +7,7 @@ Fake runners over memory streams, timing on trio's autojump clock (no wall clock
 from __future__ import annotations
 
 import contextlib
+import sys
 import traceback
 from collections.abc import AsyncIterator
 
@@ -18,6 +19,9 @@ import execpy_trio as ex
 import execpy_trio.protocol as P
 from execpy_trio._transport import TransportBroken
 from fake_runner import FakeRunner, Script, scripted
+
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup
 
 # --- bounded result memory ---------------------------------------------------------------
 
@@ -488,3 +492,17 @@ async def test_the_shared_error_does_not_grow_with_every_raise() -> None:
                 await runner.exec("x")
     frames = list(traceback.walk_tb(info.value.__traceback__))
     assert len(frames) < 20  # one raise's worth, not 200
+
+
+async def test_the_users_own_exception_group_is_not_unwrapped() -> None:
+    async def script(fake: FakeRunner) -> None:
+        await fake.handshake()
+        await fake.serve_until_shutdown()
+
+    leaf = ValueError("x")
+    async with fake_outside(script) as stream:
+        with pytest.raises(BaseExceptionGroup) as info:
+            async with ex.connect_runner(stream):
+                raise BaseExceptionGroup("mine", [leaf])
+    # The user's group arrives as a group (not as its one leaf), with the same leaf.
+    assert info.value.message == "mine" and list(info.value.exceptions) == [leaf]

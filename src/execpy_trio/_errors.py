@@ -137,19 +137,28 @@ class OperationRejected(ProtocolError):
         )
 
 
-def unwrap_group(exc: BaseException) -> BaseException:
+def unwrap_group(exc: BaseException, *, levels: int | None = None) -> BaseException:
     """The one real failure inside ``exc``, if there is exactly one; else ``exc``.
 
     Trio nurseries wrap everything in ExceptionGroups; a user who made one call that failed
     one way should get that one exception. Cancelled leaves are dropped when there is a
     single other failure (the enclosing scope re-delivers the cancellation if it still
     applies). A group of only Cancelled collapses to one Cancelled.
+
+    ``levels`` bounds how many groups are opened: 1 around a user's code, so that the
+    user's own ExceptionGroup reaches them as they raised it.
     """
     import trio
 
     current: BaseException = exc
     while isinstance(current, BaseExceptionGroup):
-        leaves: list[BaseException] = list(_leaves(current))
+        if levels is not None:
+            if levels == 0:
+                break
+            levels -= 1
+            leaves: list[BaseException] = list(current.exceptions)
+        else:
+            leaves = list(_leaves(current))
         real = [e for e in leaves if not isinstance(e, trio.Cancelled)]
         if len(real) == 1:
             current = real[0]
@@ -160,10 +169,10 @@ def unwrap_group(exc: BaseException) -> BaseException:
     return current
 
 
-def raise_unwrapped(group: BaseException) -> NoReturn:
+def raise_unwrapped(group: BaseException, *, levels: int | None = None) -> NoReturn:
     """Raise :func:`unwrap_group` of ``group``, keeping the inner exception's own
     ``__cause__``/``__context__`` (a bare ``raise`` in an ``except`` would overwrite them)."""
-    inner = unwrap_group(group)
+    inner = unwrap_group(group, levels=levels)
     if inner is group:
         raise group
     saved = (inner.__context__, inner.__cause__, inner.__suppress_context__)

@@ -161,7 +161,7 @@ async def _runner_scope(launcher: Launcher, options: RunnerOptions) -> AsyncIter
             finally:
                 await runner.aclose()
     except BaseExceptionGroup as group:
-        raise_unwrapped(group)
+        raise_unwrapped(group, levels=1)  # only our nursery's group: the user's stays whole
 
 
 @contextlib.asynccontextmanager
