@@ -461,6 +461,8 @@ class Runner:
         with trio.move_on_after(STREAM_LINGER):
             await self._transport.reader_done.wait()
         if not self._transport.reader_done.is_set():
+            if self._kill_reason is None:
+                self._kill_reason = "it exited, but a process it started kept the connection open"
             await self._transport.abort(PeerClosed("exited", clean=False))
 
     # -- killing and closing --------------------------------------------------------------

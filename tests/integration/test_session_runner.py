@@ -205,3 +205,28 @@ async def test_a_close_during_the_verdict_does_not_replace_it() -> None:
             await runner.aclose()
     assert len(errors) == 1 and runner.lost_error() is errors[0]
     assert "crashing" in str(errors[0])
+
+
+async def test_runner_exit_while_an_escaped_child_holds_the_channel(tmp_path: pathlib.Path) -> None:
+    # A child in a session of its own (out of reach of the group kill) keeps the channel
+    # open after the runner exits: the watcher notices the exit and ends the connection.
+    pid_file = tmp_path / "child.pid"
+    code = (
+        "import os, time\nif os.fork() == 0:\n    os.setsid()\n"
+        f"    open({str(pid_file)!r}, 'w').write(str(os.getpid()))\n"
+        "    time.sleep(60)\n    os._exit(0)\n"
+        f"while not os.path.exists({str(pid_file)!r}): time.sleep(0.01)\nos._exit(3)"
+    )
+    async with ex.open_runner() as runner:
+        try:
+            with trio.fail_after(HANG), pytest.raises(ex.RunnerDied) as info:
+                await runner.exec(code)
+            assert "kept the connection open" in str(info.value)
+            assert info.value.returncode == 3
+        finally:
+            # The escaped child is outside the runner's group (the subject of another
+            # issue): end it here so that the test leaves nothing behind.
+            with trio.fail_after(HANG):
+                while not pid_file.exists() or not pid_file.read_text():  # noqa: ASYNC110
+                    await trio.sleep(0.01)
+            os.kill(int(pid_file.read_text()), signal.SIGKILL)
