@@ -6,6 +6,7 @@ import contextlib
 import os
 import pty
 import select
+import shlex
 import signal
 import subprocess
 import sys
@@ -81,8 +82,9 @@ def test_usage_errors() -> None:
     with pytest.raises(SystemExit) as info:
         cli.main([])
     assert info.value.code == 2
-    with pytest.raises(SystemExit):
-        cli.main(["run", "file.py", "-c", "1"])
+    with pytest.raises(SystemExit) as info:
+        cli.main(["run"])  # neither FILE, - nor -c
+    assert info.value.code == 2
 
 
 class DeadlineReader:
@@ -157,6 +159,28 @@ def test_ctrl_c_interrupts_the_code() -> None:
     assert b"KeyboardInterrupt" in err
 
 
+def test_second_ctrl_c_kills_the_runner_and_exits_130() -> None:
+    code = (
+        "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+        "print('go', flush=True)\nwhile True:\n    time.sleep(0.05)"
+    )
+    proc = subprocess.Popen(
+        [*EXECPY, "run", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    with proc, killed_on_failure(proc):
+        assert proc.stdout is not None and proc.stderr is not None
+        deadline = time.monotonic() + 60  # a hang detector
+        assert DeadlineReader(proc.stdout.fileno(), deadline).read_until(b"\n") == b"go\n"
+        errors = DeadlineReader(proc.stderr.fileno(), deadline)
+        os.kill(proc.pid, signal.SIGINT)  # ignored by the code
+        errors.read_until(b"Ctrl-C again to kill")
+        os.kill(proc.pid, signal.SIGINT)
+        err = errors.read_until(None)
+        assert proc.wait(timeout=30) == cli.EXIT_INTERRUPTED
+    assert b"killed the runner" in err and b"Traceback" not in err
+    assert b"RunnerDied" not in err
+
+
 EXECPY_SCRIPT = Path(sys.executable).parent / "execpy"
 
 
@@ -203,3 +227,64 @@ def test_demo_runs() -> None:
     p = execpy("run", str(demo))
     assert p.returncode == 0
     assert p.stdout.splitlines()[-1] == "[1, 4, 9, 16, 25]"
+
+
+# --- like python3 ------------------------------------------------------------------------
+
+
+def test_argv_file_and_exit_status_as_python3(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text("import sys\nprint(sys.argv, __file__ == sys.argv[0])\nsys.exit(4)\n")
+    p = execpy("run", str(script), "a", "--flag")
+    assert p.returncode == 4 and p.stderr == ""  # no SystemExit traceback
+    assert p.stdout == f"{[str(script), 'a', '--flag']} True\n"
+
+
+def test_argv_with_c_and_stdin() -> None:
+    p = execpy("run", "-c", "import sys; print(sys.argv)", "x", "y")
+    assert (p.returncode, p.stdout) == (0, "['-c', 'x', 'y']\n")
+    p = execpy("run", "-", "q", stdin="import sys; print('from stdin', sys.argv)")
+    assert (p.returncode, p.stdout) == (0, "from stdin ['-', 'q']\n")
+
+
+@pytest.mark.parametrize(
+    ("code", "status", "stderr"),
+    [
+        ("import sys; sys.exit()", 0, ""),
+        ("import sys; sys.exit(0)", 0, ""),
+        ("import sys; sys.exit(3)", 3, ""),
+        ("raise SystemExit('bye')", 1, "bye\n"),
+        ("import os; os._exit(4)", 4, ""),
+    ],
+)
+def test_exit_statuses(code: str, status: int, stderr: str) -> None:
+    p = execpy("run", "-c", code)
+    assert (p.returncode, p.stderr) == (status, stderr)
+
+
+def test_version_and_run_usage() -> None:
+    p = execpy("--version")
+    assert p.returncode == 0 and p.stdout.startswith("execpy 0.") and "protocol 1." in p.stdout
+    p = execpy("run", "--bogus", "x.py")
+    assert p.returncode == 2 and "usage: execpy run" in p.stderr and "--bogus" in p.stderr
+    p = execpy("run")
+    assert p.returncode == 2 and "usage: execpy run" in p.stderr
+
+
+def test_closed_stdout_pipe_ends_quietly() -> None:
+    command = shlex.join([*EXECPY, "run", "-c", "while True: print('y' * 100)"])
+    p = subprocess.run(
+        ["bash", "-c", f"{command} | head -c 10 >/dev/null; echo status=${{PIPESTATUS[0]}}"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert p.stdout == f"status={cli.EXIT_BROKEN_PIPE}\n"
+    assert "Traceback" not in p.stderr and "BrokenPipe" not in p.stderr
+
+
+def test_trace_logs_the_runners_frames_too() -> None:
+    p = execpy("run", "--trace", "-c", "1")
+    assert p.returncode == 0
+    assert "execpy_trio.frames: send Hello" in p.stderr  # ours
+    assert "execpy-runner[" in p.stderr and "recv Hello" in p.stderr  # the runner's

@@ -1,31 +1,38 @@
 """The ``execpy`` command.
 
-``execpy run FILE`` / ``execpy run -c CODE`` runs the code in a fresh runner and streams
-its output live (the code's stdout to stdout, its stderr to stderr). Input requests are
+``execpy run FILE [ARGS...]`` / ``execpy run - [ARGS...]`` (code from stdin) / ``execpy run
+-c CODE [ARGS...]`` runs the code in a fresh runner as ``python3`` would (``sys.argv``,
+``__file__``, the exit status of ``sys.exit(n)`` and ``os._exit(n)``) and streams its output
+live (the code's stdout to stdout, its stderr to stderr). Input requests are
 answered from this terminal's stdin (without echo for ``getpass`` when stdin is a
 terminal). Ctrl-C interrupts the code (KeyboardInterrupt in the runner); a second Ctrl-C
 kills the runner. Like the interactive interpreter, the value of a final expression
 statement is printed (``--no-value`` turns that off).
 
 Exit status: 0 the code finished; 1 it raised (the traceback is printed to stderr, as
-Python prints it); 2 usage error, or the runner failed to start, died or broke the
-protocol; 130 interrupted by Ctrl-C.
+Python prints it); n for ``sys.exit(n)`` or ``os._exit(n)``; 2 usage error, or the runner
+failed to start, died or broke the protocol; 130 interrupted by Ctrl-C (also when a second
+Ctrl-C killed the runner); 141 our stdout was closed by its reader (``| head``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import getpass
 import logging
+import os
 import shlex
 import signal
 import sys
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 EXIT_OK = 0
 EXIT_CODE_ERROR = 1
 EXIT_FAILURE = 2
 EXIT_INTERRUPTED = 130
+#: Our stdout was closed by its reader (``| head``): 128 + SIGPIPE, as a shell reports it.
+EXIT_BROKEN_PIPE = 141
 
 if TYPE_CHECKING:
     from ._results import ExecResult, InputRequest
@@ -35,20 +42,22 @@ if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
     parser = argparse.ArgumentParser(
         prog="execpy", description="Run Python code in an execpy runner process."
     )
-    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND")
     run = commands.add_parser(
         "run",
-        help="run a file or a string of code in a fresh runner",
-        description="Run FILE (or -c CODE) in a fresh runner, streaming its output. "
-        "Exit status: 0 ok, 1 the code raised, 2 runner or protocol failure, 130 Ctrl-C.",
+        help="run a file, stdin or a string of code in a fresh runner, as python3 would",
+        usage="execpy run [options] (FILE | - | -c CODE) [ARGS...]",
+        description="Run FILE (or the code on stdin with -, or -c CODE) in a fresh runner, "
+        "streaming its output, with sys.argv set as python3 would set it. Exit status: 0 ok, "
+        "1 the code raised, n for sys.exit(n) or os._exit(n), 2 runner or protocol "
+        "failure, 130 Ctrl-C.",
     )
-    source = run.add_mutually_exclusive_group(required=True)
-    source.add_argument("file", nargs="?", metavar="FILE", help="the Python file to run")
-    source.add_argument("-c", dest="code", metavar="CODE", help="the code to run")
+    run.add_argument("-c", dest="code", metavar="CODE", help="the code to run")
     run.add_argument(
         "--no-value",
         action="store_true",
@@ -65,21 +74,54 @@ def _parser() -> argparse.ArgumentParser:
         action="store_true",
         help="log every protocol frame (both sides) to stderr",
     )
-    return parser
+    run.add_argument(
+        "program",
+        nargs=argparse.REMAINDER,
+        metavar="FILE | - [ARGS...]",
+        help="the file to run (- for stdin) and its arguments (sys.argv[1:])",
+    )
+    return parser, run
+
+
+def _version() -> str:
+    from . import __version__
+    from .protocol import PROTOCOL_VERSION
+
+    major, minor = PROTOCOL_VERSION
+    return f"execpy {__version__} (protocol {major}.{minor}, Python {sys.version.split()[0]})"
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``execpy`` command; returns the exit status."""
-    args = _parser().parse_args(argv)
+    parser, run = _parser()
+    args, extra = parser.parse_known_args(argv)
+    if args.version:
+        print(_version())
+        return EXIT_OK
+    if args.command is None:
+        parser.error("give a command: execpy run FILE | - | -c CODE (see execpy run --help)")
+    if extra:
+        run.error(f"unrecognized arguments: {' '.join(extra)}")
+    program: list[str] = args.program
     if args.code is not None:
         code = args.code
+        args.argv = ["-c", *program]
+        args.file = None
+    elif not program:
+        run.error("give FILE, - (the code on stdin) or -c CODE")
+    elif program[0] == "-":
+        code = sys.stdin.read()
+        args.argv = program
+        args.file = None
     else:
         try:
-            with open(args.file, encoding="utf-8") as f:
+            with open(program[0], encoding="utf-8") as f:
                 code = f.read()
         except OSError as exc:
-            print(f"execpy: cannot read {args.file!r}: {exc.strerror or exc}", file=sys.stderr)
+            print(f"execpy: cannot read {program[0]!r}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_FAILURE
+        args.argv = program
+        args.file = program[0]
     if args.trace:
         logging.basicConfig(stream=sys.stderr, format="execpy: %(name)s: %(message)s")
         logging.getLogger("execpy_trio.frames").setLevel(logging.DEBUG)
@@ -87,44 +129,100 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         return trio.run(_run, code, args)
-    except KeyboardInterrupt:
-        print("execpy: interrupted", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except BaseException as exc:
+        if _is_interrupt(exc):  # Ctrl-C outside an op (start-up, shutdown): one line
+            print("\nexecpy: interrupted", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        raise
+
+
+def _is_interrupt(exc: BaseException) -> bool:
+    if isinstance(exc, KeyboardInterrupt):
+        return True
+    if isinstance(exc, BaseExceptionGroup):
+        return any(_is_interrupt(e) for e in exc.exceptions)
+    return False
+
+
+def _exit_status_of_system_exit(message: str) -> int:
+    """What python3 does with ``SystemExit(arg)``: None or an int is the status; anything
+    else is printed to stderr and the status is 1."""
+    if message in ("", "None"):
+        return EXIT_OK
+    try:
+        return int(message) & 0xFF
+    except ValueError:
+        print(message, file=sys.stderr)
+        return EXIT_CODE_ERROR
 
 
 async def _run(code: str, args: argparse.Namespace) -> int:
     from ._errors import ProtocolError, RunnerDied, RunnerStartError
     from ._open import open_runner
     from ._options import RunnerOptions
+    from .launch import LocalLauncher
 
     options = RunnerOptions()
     if args.runner:
         options = options.replace(command=shlex.split(args.runner), stdio=True)
     if args.trace:
         options = options.replace(env={"EXECPY_TRACE": "1"})
+    # The runner's own diagnostics (its frame log with --trace) go to our stderr.
+    launcher = LocalLauncher(echo_stderr=sys.stderr if args.trace else None)
+    state = _CliState()
     try:
-        async with open_runner(options) as runner:
-            result = await _stream(runner, code)
-    except (RunnerStartError, RunnerDied, ProtocolError) as exc:
+        async with open_runner(options, launcher=launcher) as runner:
+            await runner.exec(
+                "import sys as _execpy_sys\n_execpy_sys.argv = _execpy_argv\n"
+                "del _execpy_sys, _execpy_argv",
+                variables={"_execpy_argv": args.argv},
+            )
+            variables = {"__file__": args.file} if args.file is not None else None
+            result = await _stream(runner, code, variables, state)
+    except BrokenPipeError:
+        # Our stdout was closed (``| head``): end quietly, as a well-behaved filter does.
+        with contextlib.suppress(OSError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_BROKEN_PIPE
+    except RunnerDied as exc:
+        if state.killed_by_user:
+            print("execpy: killed the runner (interrupted twice)", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        if exc.returncode is not None and exc.returncode >= 0 and not exc.stderr_tail:
+            return exc.returncode  # the code called os._exit(n): its status, as python3
+        print(f"execpy: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return EXIT_FAILURE
+    except (RunnerStartError, ProtocolError) as exc:
         print(f"execpy: {type(exc).__name__}: {exc}", file=sys.stderr)
         return EXIT_FAILURE
     if result.status == "ok":
         if result.value is not None and not args.no_value:
             print(result.value, flush=True)
         return EXIT_OK
-    if result.error is not None:
-        sys.stderr.write(result.error.traceback or f"{result.error.type}: {result.error.message}")
-        if not result.error.traceback.endswith("\n"):
+    error = result.error
+    if error is not None and error.type == "SystemExit" and result.status == "error":
+        return _exit_status_of_system_exit(error.message)
+    if error is not None:
+        sys.stderr.write(error.traceback or f"{error.type}: {error.message}")
+        if not error.traceback.endswith("\n"):
             sys.stderr.write("\n")
         sys.stderr.flush()
     if result.status == "cancelled":
-        if result.error is None:
+        if error is None:
             print("KeyboardInterrupt", file=sys.stderr)
         return EXIT_INTERRUPTED
     return EXIT_CODE_ERROR
 
 
-async def _stream(runner: Runner, code: str) -> ExecResult:
+class _CliState:
+    """What the interrupt handler did, for the exit status."""
+
+    killed_by_user = False
+
+
+async def _stream(
+    runner: Runner, code: str, variables: dict[str, Any] | None, state: _CliState
+) -> ExecResult:
     import trio
 
     from ._errors import raise_unwrapped
@@ -133,7 +231,7 @@ async def _stream(runner: Runner, code: str) -> ExecResult:
     input_scope: trio.CancelScope | None = None
     try:
         async with trio.open_nursery() as nursery:
-            async with runner.exec_stream(code) as op:
+            async with runner.exec_stream(code, variables=variables) as op:
 
                 async def on_interrupt() -> None:
                     # First Ctrl-C: interrupt the code; second: kill the runner.
@@ -149,6 +247,7 @@ async def _stream(runner: Runner, code: str) -> ExecResult:
                                 )
                                 await op.cancel()
                             else:
+                                state.killed_by_user = True
                                 await runner.kill("interrupted twice from the terminal")
                                 return
 

@@ -18,7 +18,7 @@ import subprocess
 import sys
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import TYPE_CHECKING, Any, Final
+from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import trio
 
@@ -73,9 +73,11 @@ def _environment(options: RunnerOptions) -> dict[str, str] | None:
 
 
 class StderrTail:
-    """The last lines of a byte stream, bounded in lines and in characters per line."""
+    """The last lines of a byte stream, bounded in lines and in characters per line;
+    optionally echoed as they come (``echo``: a text stream, e.g. ``sys.stderr``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, echo: TextIO | None = None) -> None:
+        self._echo = echo
         self._lines: deque[str] = deque(maxlen=STDERR_TAIL_LINES)
         self._partial = ""
         self._decoder = codecs.getincrementaldecoder("utf-8")("replace")
@@ -83,7 +85,12 @@ class StderrTail:
         self.done = trio.Event()
 
     def feed(self, data: bytes | bytearray) -> None:
-        text = self._partial + self._decoder.decode(data)
+        decoded = self._decoder.decode(data)
+        if self._echo is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._echo.write(decoded)
+                self._echo.flush()
+        text = self._partial + decoded
         *lines, partial = text.split("\n")
         self._lines.extend(x[-STDERR_LINE_MAX:] for x in lines[-STDERR_TAIL_LINES:])
         self._partial = partial[-STDERR_LINE_MAX:]
@@ -132,12 +139,18 @@ class LocalProcessHandle(RunnerHandle):
     they are not used here.
     """
 
-    def __init__(self, process: trio.Process, stream: Stream, argv: list[str]) -> None:
+    def __init__(
+        self,
+        process: trio.Process,
+        stream: Stream,
+        argv: list[str],
+        echo_stderr: TextIO | None = None,
+    ) -> None:
         self.process = process
         self.stream = stream
         self.description = " ".join(argv)
         self.pid = process.pid
-        self._tail = StderrTail()
+        self._tail = StderrTail(echo_stderr)
         if process.stderr is None:
             self._tail.done.set()
         self._pidfd = _open_pidfd(process.pid)
@@ -261,15 +274,22 @@ async def _spawn(options: RunnerOptions) -> tuple[trio.Process, Stream, list[str
 
 
 class LocalLauncher(Launcher):
-    """Runs each runner as a child process (``options.command``, fd or stdio mode)."""
+    """Runs each runner as a child process (``options.command``, fd or stdio mode).
+
+    ``echo_stderr``: a text stream that also gets the runner's own diagnostics (its
+    stderr) as they come, e.g. ``sys.stderr`` to see its frame log (``EXECPY_TRACE=1``).
+    """
+
+    def __init__(self, *, echo_stderr: TextIO | None = None) -> None:
+        self._echo_stderr = echo_stderr
 
     def __repr__(self) -> str:
-        return "LocalLauncher()"
+        return f"LocalLauncher(echo_stderr={self._echo_stderr!r})"
 
     @contextlib.asynccontextmanager
     async def launch(self, options: RunnerOptions) -> AsyncIterator[RunnerHandle]:
         process, stream, argv = await _spawn(options)
-        handle = LocalProcessHandle(process, stream, argv)
+        handle = LocalProcessHandle(process, stream, argv, self._echo_stderr)
         # The reaper and the stderr reader outlive a cancellation of the owner's scope: the
         # shutdown needs the exit, and the last diagnostics are still worth reporting.
         services = ShieldedServices()
