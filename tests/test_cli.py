@@ -10,8 +10,9 @@ import shlex
 import signal
 import subprocess
 import sys
+import termios
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -220,6 +221,51 @@ def test_ctrl_c_at_an_input_prompt_in_a_terminal() -> None:
     frames = [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
     assert frames and all(f.startswith('File "<exec-') for f in frames), text
     assert "Fatal Python error" not in text and "Exception ignored" not in text, text
+
+
+def _in_a_terminal(code: str, script: Callable[[int, DeadlineReader], None]) -> tuple[int, str]:
+    """Run ``execpy run -c code`` on a pseudo-terminal; ``script`` drives it through the
+    master side; return the exit status and everything the terminal showed."""
+    pid, master = pty.fork()
+    if pid == 0:  # the child: a session leader with the pty as its controlling terminal
+        try:
+            os.execv(str(EXECPY_SCRIPT), ["execpy", "run", "-c", code])
+        finally:
+            os._exit(127)
+    status = None
+    try:
+        out = DeadlineReader(master, time.monotonic() + 60)  # every wait: a hang detector
+        script(master, out)
+        out.read_until(None)
+        while status is None and time.monotonic() < out.deadline:
+            waited, raw = os.waitpid(pid, os.WNOHANG)
+            if waited:
+                status = os.waitstatus_to_exitcode(raw)
+            else:
+                time.sleep(0.01)
+    finally:
+        if status is None:
+            os.kill(pid, signal.SIGKILL)
+            os.waitpid(pid, 0)
+        os.close(master)
+    assert status is not None
+    return status, out.data.decode("utf-8", "replace")
+
+
+@pytest.mark.skipif(not EXECPY_SCRIPT.exists(), reason="the execpy script is not installed")
+def test_echo_is_restored_after_ctrl_c_at_a_password_prompt() -> None:
+    echo: list[bool] = []
+
+    def script(master: int, out: DeadlineReader) -> None:
+        out.read_until(b"secret? ")
+        echo.append(bool(termios.tcgetattr(master)[3] & termios.ECHO))  # hidden input
+        os.write(master, b"\x03")
+        out.read_until(b"KeyboardInterrupt")  # the read was cancelled and the code stopped
+        echo.append(bool(termios.tcgetattr(master)[3] & termios.ECHO))
+
+    status, text = _in_a_terminal("import getpass\ngetpass.getpass('secret? ')", script)
+    assert status == cli.EXIT_INTERRUPTED, text
+    assert echo == [False, True], text  # off while the password was asked, then restored
 
 
 def test_demo_runs() -> None:

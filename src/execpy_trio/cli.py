@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import getpass
 import logging
 import os
 import shlex
@@ -229,6 +228,7 @@ async def _stream(
     from ._results import Output
 
     input_scope: trio.CancelScope | None = None
+    stdin = _StdinLines()
     try:
         async with trio.open_nursery() as nursery:
             async with runner.exec_stream(code, variables=variables) as op:
@@ -263,7 +263,7 @@ async def _stream(
                         # input (the interrupted request is still outstanding).
                         line: str | None = None
                         with trio.CancelScope() as input_scope:
-                            line = await _read_line(event)
+                            line = await stdin.read_line(event)
                         input_scope = None
                         if op.finished:  # pragma: no cover - interrupted meanwhile
                             continue
@@ -277,23 +277,89 @@ async def _stream(
     return op.result
 
 
-async def _read_line(request: InputRequest) -> str | None:
-    """One line from the terminal; None at end of input (or if interrupted)."""
-    import trio
+class _StdinLines:
+    """Lines of our stdin, read in the event loop: a Ctrl-C cancels the read outright, so
+    no thread is left blocked on the terminal to swallow the next line typed, and the
+    terminal's echo, turned off for a password, is always restored. What arrives after a
+    line (a pipe delivers many at once) is kept for the next request."""
 
-    def read() -> str | None:
-        if request.password and sys.stdin.isatty():
+    def __init__(self) -> None:
+        try:
+            self._fd: int | None = sys.stdin.fileno()
+        except (AttributeError, OSError, ValueError):
+            self._fd = None  # no stdin at all: every request gets end of input
+        self._buffer = bytearray()
+        self._eof = self._fd is None
+        self._pollable = True
+
+    def _isatty(self) -> bool:
+        return self._fd is not None and os.isatty(self._fd)
+
+    async def read_line(self, request: InputRequest) -> str | None:
+        """One line (without its newline); None at end of input. Cancellation: nothing is
+        lost (what was read stays buffered) and the echo is restored."""
+        hide = request.password and self._isatty()
+        out = sys.stderr if hide else sys.stdout
+        out.write(request.prompt)
+        out.flush()
+        saved = self._echo_off() if hide else None
+        try:
+            return await self._line()
+        finally:
+            if saved is not None:
+                self._restore(saved)
+                sys.stderr.write("\n")  # the newline the hidden input did not echo
+                sys.stderr.flush()
+
+    async def _line(self) -> str | None:
+        import trio
+
+        while b"\n" not in self._buffer and not self._eof:
+            assert self._fd is not None
+            if self._pollable:
+                try:
+                    await trio.lowlevel.wait_readable(self._fd)
+                except OSError:  # a regular file or /dev/null: reads never block anyway
+                    self._pollable = False
+            else:
+                await trio.lowlevel.checkpoint()
             try:
-                return getpass.getpass(request.prompt)
-            except EOFError:
-                return None
-        sys.stdout.write(request.prompt)
-        sys.stdout.flush()
-        line = sys.stdin.readline()
-        return line if line else None
+                data = os.read(self._fd, 65536)
+            except BlockingIOError:
+                continue
+            except OSError:  # EIO: the terminal went away
+                data = b""
+            if data:
+                self._buffer += data
+            else:
+                self._eof = True
+        if not self._buffer:
+            return None
+        end = self._buffer.find(b"\n")
+        end = len(self._buffer) if end < 0 else end + 1
+        line = bytes(self._buffer[:end])
+        del self._buffer[:end]
+        return line.decode("utf-8", "replace")
 
-    result: str | None = await trio.to_thread.run_sync(read, abandon_on_cancel=True)
-    return result
+    def _echo_off(self) -> list[Any] | None:
+        import termios
+
+        assert self._fd is not None
+        try:
+            saved = termios.tcgetattr(self._fd)
+            quiet = termios.tcgetattr(self._fd)
+            quiet[3] &= ~termios.ECHO
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, quiet)
+        except termios.error:
+            return None
+        return saved
+
+    def _restore(self, saved: list[Any]) -> None:
+        import termios
+
+        assert self._fd is not None
+        with contextlib.suppress(termios.error):
+            termios.tcsetattr(self._fd, termios.TCSADRAIN, saved)
 
 
 if __name__ == "__main__":  # pragma: no cover
