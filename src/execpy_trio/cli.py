@@ -299,11 +299,12 @@ class _StdinLines:
         """One line (without its newline); None at end of input. Cancellation: nothing is
         lost (what was read stays buffered) and the echo is restored."""
         hide = request.password and self._isatty()
-        out = sys.stderr if hide else sys.stdout
-        out.write(request.prompt)
-        out.flush()
+        # Echo off before the prompt shows: nothing typed after it can be seen.
         saved = self._echo_off() if hide else None
         try:
+            out = sys.stderr if hide else sys.stdout
+            out.write(request.prompt)
+            out.flush()
             return await self._line()
         finally:
             if saved is not None:
