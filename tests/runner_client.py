@@ -85,17 +85,41 @@ class RunnerClient:
         args: tuple[str, ...] = (),
         max_frame: int = DEFAULT_MAX_FRAME,
         cmd: list[str] | None = None,
+        nonblocking: bool = False,
     ) -> None:
         self.conn = Connection(CLIENT, max_frame=max_frame)
         self.max_frame = max_frame
         self.diag_file = tempfile.TemporaryFile()
         self.next_op = 1
         self.sock: socket.socket | None = None
+        #: Our ends of the stdio pipes when made by hand (``nonblocking``).
+        self._own_fds: list[int] = []
         full_env = dict(os.environ)
         full_env.update(env or {})
         base = cmd if cmd is not None else RUNNER_CMD
         try:
-            if stdio:
+            if stdio and nonblocking:
+                # The runner's ends are O_NONBLOCK: the flag lives in the open file
+                # description, which the runner's fds 0 and 1 share.
+                in_r, in_w = os.pipe()
+                out_r, out_w = os.pipe()
+                os.set_blocking(in_r, False)
+                os.set_blocking(out_w, False)
+                try:
+                    self.proc = subprocess.Popen(
+                        [*base, "--stdio", *args],
+                        stdin=in_r,
+                        stdout=out_w,
+                        stderr=self.diag_file,
+                        start_new_session=True,
+                        env=full_env,
+                    )
+                finally:
+                    os.close(in_r)
+                    os.close(out_w)
+                self._own_fds = [in_w, out_r]
+                self.rfd, self.wfd = out_r, in_w
+            elif stdio:
                 self.proc = subprocess.Popen(
                     [*base, "--stdio", *args],
                     stdin=subprocess.PIPE,
@@ -266,6 +290,10 @@ class RunnerClient:
         if self.sock is not None:
             self.sock.close()
             self.sock = None
+        elif self._own_fds:
+            for fd in self._own_fds:
+                os.close(fd)
+            self._own_fds = []
         else:
             for f in (self.proc.stdin, self.proc.stdout):
                 if f is not None and not f.closed:

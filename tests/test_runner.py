@@ -456,7 +456,7 @@ def test_channel_write_pieces_finishes_a_short_writev(monkeypatch: pytest.Monkey
         chan = _channel.Channel(a.fileno(), a.fileno(), Connection("runner"), lambda _t: None)
         real_writev = os.writev
         monkeypatch.setattr(
-            _channel.os, "writev", lambda fd, pieces: real_writev(fd, [pieces[0][:3]])
+            _channel, "_writev", lambda fd, pieces: real_writev(fd, [pieces[0][:3]])
         )
         pieces = (b"head-bytes", b"payload" * 1000)
         chan.write_pieces(pieces)

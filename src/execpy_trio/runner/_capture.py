@@ -1,7 +1,7 @@
 """Output capture at the file-descriptor level, streamed as it is written.
 
 At start-up fds 1 and 2 become the write ends of two pipes (fd 0 becomes /dev/null), so
-``print``, ``os.write(1, ...)``, C code and child processes all write to them, each stream
+``print``, ``_write(1, ...)``, C code and child processes all write to them, each stream
 in the order written. ``sys.stdout`` and ``sys.stderr`` are line-buffered, write-through
 text wrappers on fds 1 and 2: a complete line (or a ``\\r``) reaches the pipe at once.
 
@@ -28,7 +28,7 @@ so are ``sys.stdout``/``sys.stderr`` if user code closed them.
 Limit (the GIL): the pumps are Python threads, so they need the GIL to run. Code that
 holds the GIL while it writes more than a full pipe to fd 1 or 2 in one go -- in practice
 only a C extension that writes without releasing the GIL -- blocks forever, because the
-pump cannot empty the pipe. Python code (``print``, ``os.write``) and child processes are
+pump cannot empty the pipe. Python code (``print``, ``_write``) and child processes are
 not affected: a blocked write releases the GIL. The pipes are therefore enlarged with
 ``F_SETPIPE_SZ`` to :data:`PIPE_SIZE` (1 MiB) where the system allows it (see
 ``/proc/sys/fs/pipe-max-size``); otherwise the default (64 KiB on Linux) applies.
@@ -39,8 +39,14 @@ from __future__ import annotations
 import _thread
 import io
 import os
-import select
 import sys
+
+# Bound at import, never looked up at call time: user code may replace or delete them.
+from os import dup2 as _dup2
+from os import read as _read
+from select import POLLIN as _POLLIN
+from select import POLLNVAL as _POLLNVAL
+from select import poll as _poll
 
 from execpy_trio.protocol import Output
 
@@ -54,6 +60,7 @@ PIPE_SIZE = 1 << 20
 #: Room for an output frame's header and map around its payload.
 FRAME_OVERHEAD = 64
 MAX_CHUNK = 65536
+_ERRORS = {"stdout": "surrogateescape", "stderr": "backslashreplace"}
 
 
 def _grow_pipe(fd: int) -> int:
@@ -93,16 +100,16 @@ class Capture:
         err_r, err_w = os.pipe()
         self.pipe_size = min(_grow_pipe(out_w), _grow_pipe(err_w))
         # dup2 makes 0, 1, 2 inheritable: child processes write into the pipes too.
-        os.dup2(devnull, 0)
-        os.dup2(out_w, 1)
-        os.dup2(err_w, 2)
+        _dup2(devnull, 0)
+        _dup2(out_w, 1)
+        _dup2(err_w, 2)
         self._keep = {0: devnull, 1: out_w, 2: err_w}
         os.set_blocking(out_r, False)
         os.set_blocking(err_r, False)
         self._streams = {out_r: "stdout", err_r: "stderr"}
-        self._drain_poll = select.poll()
-        self._drain_poll.register(out_r, select.POLLIN)
-        self._drain_poll.register(err_r, select.POLLIN)
+        self._drain_poll = _poll()
+        self._drain_poll.register(out_r, _POLLIN)
+        self._drain_poll.register(err_r, _POLLIN)
         for fd in (0, 1, 2):
             self._drain_poll.register(fd, 0)  # reports only POLLNVAL: closed
         #: The op that output is attributed to; None while idle. Changed under _idle.
@@ -112,8 +119,8 @@ class Capture:
         # the start and end of every op take it once.
         self._idle = _thread.allocate_lock()
         self._idle.acquire()
-        self.stdout = _text_stream(1, "surrogateescape")
-        self.stderr = _text_stream(2, "backslashreplace")
+        self.stdout = _text_stream(1, _ERRORS["stdout"])
+        self.stderr = _text_stream(2, _ERRORS["stderr"])
         sys.stdout = sys.__stdout__ = self.stdout  # type: ignore[misc]
         sys.stderr = sys.__stderr__ = self.stderr  # type: ignore[misc]
         for rfd in self._streams:
@@ -131,28 +138,30 @@ class Capture:
     def finish(self, op: int) -> None:
         """Send everything written so far (bounded; see the module docstring)."""
         # Flushing our own stream raises only if user code closed it (a pipe we read
-        # cannot fail otherwise): then it is repaired below, with no check per op.
+        # cannot fail otherwise): then it is repaired below, with no check per op. A
+        # stream that user code deleted or set to None is repaired too.
         damaged = False
-        out = sys.stdout
         try:
-            out.flush()
-        except Exception:
-            damaged = out is self.stdout
-        err = sys.stderr
+            out = sys.stdout
+        except AttributeError:
+            out = None
         try:
-            err.flush()
-        except Exception:
-            damaged = damaged or err is self.stderr
-        if out is not self.stdout:  # replaced by user code: ours may still hold bytes
-            try:
-                self.stdout.flush()
-            except Exception:
-                damaged = True
-        if err is not self.stderr:
-            try:
-                self.stderr.flush()
-            except Exception:
-                damaged = True
+            err = sys.stderr
+        except AttributeError:
+            err = None
+        if out is None or err is None:
+            damaged = True
+        for stream, ours in ((out, self.stdout), (err, self.stderr)):
+            if stream is not None:
+                try:
+                    stream.flush()
+                except Exception:
+                    damaged = damaged or stream is ours
+            if stream is not ours:  # replaced by user code: ours may still hold bytes
+                try:
+                    ours.flush()
+                except Exception:
+                    damaged = True
         self._idle.acquire()  # a chunk a pump holds has been sent; the pumps wait now
         # One poll: which pipes have data, and whether user code closed fd 0, 1 or 2.
         # Nothing written and nothing closed (the usual case) costs just this call.
@@ -167,17 +176,21 @@ class Capture:
 
     def _restore_fds(self, ready: list[tuple[int, int]]) -> None:
         """Put back fds 0, 1, 2 that user code closed (a replaced one is left alone)."""
-        closed = [fd for fd, ev in ready if fd <= 2 and ev & select.POLLNVAL]
+        closed = [fd for fd, ev in ready if fd <= 2 and ev & _POLLNVAL]
         for fd in closed:
-            os.dup2(self._keep[fd], fd)
+            _dup2(self._keep[fd], fd)
 
     def _repair_streams(self) -> None:
-        if sys.stdout is self.stdout and self.stdout.closed:
-            self.stdout = _text_stream(1, "surrogateescape")
-            sys.stdout = sys.__stdout__ = self.stdout  # type: ignore[misc]
-        if sys.stderr is self.stderr and self.stderr.closed:
-            self.stderr = _text_stream(2, "backslashreplace")
-            sys.stderr = sys.__stderr__ = self.stderr  # type: ignore[misc]
+        """Put back our streams where user code closed, deleted or cleared them."""
+        for name in ("stdout", "stderr"):
+            ours = getattr(self, name)
+            if ours.closed:
+                ours = _text_stream(1 if name == "stdout" else 2, _ERRORS[name])
+                setattr(self, name, ours)
+            current = sys.__dict__.get(name)
+            if current is None or (current is not ours and getattr(current, "closed", False)):
+                setattr(sys, name, ours)
+            setattr(sys, f"__{name}__", ours)
 
     def _drain(self, op: int, ready: list[tuple[int, int]]) -> None:
         budget = dict.fromkeys(self._streams, self.pipe_size + self.chunk)
@@ -187,7 +200,7 @@ class Capture:
                 if rfd not in budget or budget[rfd] <= 0:
                     continue
                 try:
-                    data = os.read(rfd, self.chunk)
+                    data = _read(rfd, self.chunk)
                 except BlockingIOError:
                     continue
                 if not data:
@@ -208,8 +221,8 @@ class Capture:
     def _pump(self, rfd: int) -> None:
         stream = self._streams[rfd]
         idle = self._idle
-        poller = select.poll()
-        poller.register(rfd, select.POLLIN)
+        poller = _poll()
+        poller.register(rfd, _POLLIN)
         send = self.channel.send
         try:
             while True:
@@ -219,7 +232,7 @@ class Capture:
                     if op is None:
                         continue
                     try:
-                        data = os.read(rfd, self.chunk)
+                        data = _read(rfd, self.chunk)
                     except BlockingIOError:
                         continue  # the main thread's drain took it
                     send(Output(op, stream, data))

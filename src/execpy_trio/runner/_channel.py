@@ -27,9 +27,16 @@ thread saves a hand-off between threads on every request (measured ~20 us per ro
 from __future__ import annotations
 
 import _thread
-import os
-import select
-import time
+
+# Bound at import, never looked up at call time: user code may replace or delete them.
+from os import read as _read
+from os import set_blocking as _set_blocking
+from os import write as _write
+from os import writev as _writev
+from select import POLLIN as _POLLIN
+from select import POLLOUT as _POLLOUT
+from select import poll as _poll
+from time import monotonic as _monotonic
 
 from execpy_trio.protocol import (
     NEED_DATA,
@@ -67,8 +74,10 @@ class Channel:
         #: The connection state before the last event was decoded, for diagnostics.
         self.state_at_read = conn.state
         self._control: list[Message] = []
-        self._readable = select.poll()
-        self._readable.register(rfd, select.POLLIN)
+        self._readable = _poll()
+        self._readable.register(rfd, _POLLIN)
+        self._writable = _poll()
+        self._writable.register(wfd, _POLLOUT)
 
     # -- writing --------------------------------------------------------------------------
 
@@ -124,28 +133,38 @@ class Channel:
 
     def write_all(self, data: bytes) -> None:
         try:
-            n = os.write(self.wfd, data)
+            try:
+                n = _write(self.wfd, data)
+            except BlockingIOError:
+                n = 0
             if n < len(data):
-                view = memoryview(data)
-                while n < len(data):
-                    n += os.write(self.wfd, view[n:])
+                self._write_rest(memoryview(data)[n:])
         except OSError as exc:
             self.broken = True
             raise ChannelLost(f"writing to the channel failed: {exc}") from exc
 
     def write_pieces(self, pieces: tuple[bytes, ...]) -> None:
         try:
-            n = os.writev(self.wfd, pieces)
-            total = sum(len(p) for p in pieces)
-            if n < total:
-                # A short write (a signal, or a full socket buffer on a non-blocking fd):
-                # finish with plain writes from where it stopped.
-                rest = memoryview(b"".join(pieces))[n:]
-                while len(rest):
-                    rest = rest[os.write(self.wfd, rest) :]
+            try:
+                n = _writev(self.wfd, pieces)
+            except BlockingIOError:
+                n = 0
+            if n < sum(len(p) for p in pieces):
+                # A short write (a signal, or a full buffer on a non-blocking fd): finish
+                # with plain writes from where it stopped.
+                self._write_rest(memoryview(b"".join(pieces))[n:])
         except OSError as exc:
             self.broken = True
             raise ChannelLost(f"writing to the channel failed: {exc}") from exc
+
+    def _write_rest(self, rest: memoryview) -> None:
+        # The channel may be a non-blocking descriptor (a --stdio runner whose parent set
+        # O_NONBLOCK on the pipes): then EAGAIN means "full", and we wait until it is not.
+        while len(rest):
+            try:
+                rest = rest[_write(self.wfd, rest) :]
+            except BlockingIOError:
+                self._writable.poll()
 
     def send_fatal(self, msg: Message) -> None:
         """Best effort, bounded: a fatal error frame on the way out. Never blocks for long."""
@@ -154,8 +173,8 @@ class Channel:
         try:
             with self.conn_lock:
                 data = self.conn.send(msg)
-            os.set_blocking(self.wfd, False)
-            os.write(self.wfd, data)
+            _set_blocking(self.wfd, False)
+            _write(self.wfd, data)
         except (OSError, LocalProtocolError) as exc:
             self.diag(f"could not send the fatal error frame: {exc}")
         finally:
@@ -172,8 +191,20 @@ class Channel:
     def _read_chunk(self) -> bytes:
         # End of stream is fed to the connection as b"", which then reports
         # ConnectionClosed; a read error is treated the same way.
+        data = self._try_read_chunk()
+        while data is None:
+            # A non-blocking descriptor (a --stdio runner whose parent set O_NONBLOCK on
+            # the pipes) with nothing to read: wait for data, as a blocking read would.
+            self._readable.poll()
+            data = self._try_read_chunk()
+        return data
+
+    def _try_read_chunk(self) -> bytes | None:
+        """A chunk, b"" at end of stream or on error, None if it would block."""
         try:
-            data = os.read(self.rfd, READ_SIZE)
+            data = _read(self.rfd, READ_SIZE)
+        except BlockingIOError:
+            return None
         except OSError as exc:
             self.diag(f"reading the channel failed: {exc}")
             data = b""
@@ -182,9 +213,10 @@ class Channel:
 
     def fill(self) -> None:
         """Read one chunk into the connection (the caller holds ``read_lock``)."""
-        data = self._read_chunk()
-        with self.conn_lock:
-            self.conn.receive_data(data)
+        data = self._try_read_chunk()  # the I/O thread must never block in a read
+        if data is not None:
+            with self.conn_lock:
+                self.conn.receive_data(data)
 
     def read_event(self, timeout_ms: int | None = None) -> Any:
         """The next event, reading as needed (the caller holds ``read_lock``).
@@ -199,12 +231,12 @@ class Channel:
             ev = conn.next_event()
         deadline = 0.0
         if timeout_ms is not None:
-            deadline = time.monotonic() + timeout_ms / 1000
+            deadline = _monotonic() + timeout_ms / 1000
         while ev is NEED_DATA:
             if timeout_ms is not None:
                 # One bound for the whole frame, not per chunk: a peer that trickles a
                 # frame byte by byte must not stretch the wait without end.
-                remaining = int((deadline - time.monotonic()) * 1000) + 1
+                remaining = int((deadline - _monotonic()) * 1000) + 1
                 if remaining <= 0 or not self._readable.poll(remaining):
                     return NEED_DATA
             data = self._read_chunk()

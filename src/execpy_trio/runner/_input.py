@@ -117,6 +117,12 @@ class Input:
                 st.replied = True
                 st.ready.release()
 
+    def repair(self) -> None:
+        """Put back ``sys.stdin`` if user code deleted it or set it to None."""
+        if sys.__dict__.get("stdin") is None:
+            sys.stdin = self.stdin
+            sys.__stdin__ = self.stdin  # type: ignore[misc,assignment]
+
     def deliver(self, op: int, text: str | None) -> None:
         st = self._state
         if not st.allow:

@@ -1,0 +1,238 @@
+"""The runner cannot be broken or escaped: fork, escaping children, damaged globals, I/O."""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from execpy_trio.protocol import Done
+from execpy_trio.runner import EXIT_OK
+from runner_client import RunnerClient, process_alive, wait_gone
+
+# -- fork() in user code --------------------------------------------------------------------
+
+FORK_EXIT = """\
+import os, sys
+pid = os.fork()
+if pid == 0:
+    print('child', flush=True)
+    sys.exit(0)
+os.waitpid(pid, 0)
+print('parent')
+"""
+
+FORK_FALL_THROUGH = """\
+import os
+pid = os.fork()
+if pid == 0:
+    print('child', flush=True)
+else:
+    os.waitpid(pid, 0)
+    print('parent')
+"""
+
+FORK_RAISES = """\
+import os
+pid = os.fork()
+if pid == 0:
+    raise ValueError('in the child')
+_, status = os.waitpid(pid, 0)
+print('parent', os.waitstatus_to_exitcode(status))
+"""
+
+
+def _count_dones_after(client: RunnerClient, seconds: float) -> int:
+    """Done frames that arrive within ``seconds`` (none is expected)."""
+    extra = 0
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            ev = client.recv(max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            return extra
+        if type(ev) is Done:
+            extra += 1
+
+
+@pytest.mark.parametrize("code", [FORK_EXIT, FORK_FALL_THROUGH], ids=["sys-exit", "fall-through"])
+def test_forked_child_never_speaks_on_the_channel(code: str) -> None:
+    with RunnerClient() as client:
+        r = client.exec(code)
+        assert r.status == "ok", (r.done, client.diag())
+        assert sorted(r.stdout.split()) == [b"child", b"parent"]
+        assert _count_dones_after(client, 0.3) == 0
+        assert client.eval("1 + 1").value == 2
+        assert client.exec("print('next')").stdout == b"next\n"
+
+
+def test_forked_child_that_raises_exits_with_1_and_shows_the_traceback() -> None:
+    with RunnerClient() as client:
+        r = client.exec(FORK_RAISES)
+        assert r.status == "ok", (r.done, client.diag())
+        assert r.stdout == b"parent 1\n"
+        assert b"ValueError: in the child" in r.stderr
+        assert _count_dones_after(client, 0.3) == 0
+        assert client.eval("2").value == 2
+
+
+# -- nothing escapes ------------------------------------------------------------------------
+
+ESCAPERS = f"""\
+import subprocess, sys
+loner = subprocess.Popen(['sleep', '100'], start_new_session=True)
+grand = subprocess.run(
+    [{sys.executable!r}, '-c',
+     'import os, subprocess; os.setsid(); '
+     'd = subprocess.DEVNULL; print(subprocess.Popen(["sleep", "100"], stdout=d, stderr=d).pid)'],
+    capture_output=True, text=True, check=True,
+).stdout
+print(loner.pid, grand.strip())
+"""
+
+
+def _start_escapers(client: RunnerClient) -> list[int]:
+    r = client.exec(ESCAPERS)
+    assert r.status == "ok", (r.done, client.diag())
+    pids = [int(p) for p in r.stdout.split()]
+    assert len(pids) == 2 and all(process_alive(p) for p in pids)
+    return pids
+
+
+def test_escaped_children_are_killed_at_shutdown() -> None:
+    with RunnerClient() as client:
+        pids = _start_escapers(client)
+        from execpy_trio.protocol import Shutdown
+
+        client.send(Shutdown())
+        assert client.wait(10) == EXIT_OK
+    try:
+        for pid in pids:
+            assert wait_gone(pid, 5), f"process {pid} outlived the runner"
+    finally:
+        _kill(pids)
+
+
+def test_escaped_children_are_killed_when_the_channel_closes() -> None:
+    client = RunnerClient()
+    try:
+        pids = _start_escapers(client)
+        client.close_channel()
+        assert client.wait(10) == EXIT_OK
+        for pid in pids:
+            assert wait_gone(pid, 5), f"process {pid} outlived the runner"
+    finally:
+        client.close()
+        _kill(pids)
+
+
+def _kill(pids: list[int]) -> None:
+    import os
+    import signal
+
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+# -- user code cannot break the runner ------------------------------------------------------
+
+DAMAGE = {
+    "del-stdout": "import sys\ndel sys.stdout",
+    "del-stderr": "import sys\ndel sys.stderr",
+    "del-stdin": "import sys\ndel sys.stdin",
+    "none-streams": "import sys\nsys.stdout = sys.stderr = sys.stdin = None",
+    "os-write": "import os\nos.write = None",
+    "os-read": "import os\nos.read = None",
+    "os-writev": "import os\nos.writev = None",
+    "os-many": "import os\nfor n in ('dup2', 'kill', 'listdir', 'getpid', 'close', 'open'):"
+    " setattr(os, n, None)",
+    "print": "import builtins\nbuiltins.print = None",
+    "sys-modules-os": "import sys\ndel sys.modules['os']",
+    "sys-exit": "import sys\nsys.exit = None",
+    "signal-signal": "import signal\nsignal.signal = None",
+    "select-poll": "import select\nselect.poll = None",
+    "time": "import time\ntime.monotonic = time.sleep = None",
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE.values()), ids=list(DAMAGE))
+def test_user_code_cannot_break_the_runner(damage: str) -> None:
+    with RunnerClient() as client:
+        r = client.exec(damage)
+        assert r.done is not None, client.diag()
+        # The next ops get ordinary results, output included, and errors are reported.
+        r = client.exec("import sys\nsys.stdout.write('out\\n')\nsys.stderr.write('err\\n')")
+        assert r.status == "ok", (r.done, client.diag())
+        assert r.stdout == b"out\n" and r.stderr == b"err\n"
+        r = client.exec("raise ValueError('boom')")
+        assert r.status == "error" and r.error["type"] == "ValueError", r.done
+        assert "boom" in r.error["traceback"]
+        r = client.exec("x = input()", stdin="hello\n")
+        assert r.status == "ok", r.done
+        assert client.eval("x").value == "hello"
+        assert client.eval("40 + 2").value == 42
+        client.close_channel()
+        assert client.wait(10) == EXIT_OK, client.diag()
+        assert "internal error" not in client.diag()
+
+
+# -- non-blocking stdio ---------------------------------------------------------------------
+
+
+def test_stdio_runner_with_nonblocking_descriptors() -> None:
+    # Output far over a pipe buffer makes the runner's writes hit EAGAIN while we do not
+    # read; a burst of requests makes its reads hit EAGAIN between frames.
+    with RunnerClient(stdio=True, nonblocking=True) as client:
+        op = client.start_exec("import sys\nfor i in range(64): sys.stdout.write('x' * 65536)")
+        time.sleep(0.3)  # let the pipe fill: the runner's writes must wait, not fail
+        r = client.collect(op, timeout=30)
+        assert r.status == "ok", (r.done, client.diag())
+        assert r.stdout == b"x" * 65536 * 64
+        time.sleep(0.2)  # the runner now waits for a request on an empty O_NONBLOCK pipe
+        for i in range(20):
+            assert client.eval(f"{i} * 2").value == i * 2
+        r = client.exec("import time\ntime.sleep(0.3)\nprint('slept')")  # the I/O thread reads
+        assert r.stdout == b"slept\n", client.diag()
+        client.close_channel()
+        assert client.wait(10) == EXIT_OK, client.diag()
+
+
+# -- deep tracebacks ------------------------------------------------------------------------
+
+DEEP_RECURSION = """\
+import sys
+sys.setrecursionlimit(300000)
+def f(n):
+    return f(n + 1)
+f(0)
+"""
+
+
+def test_deep_recursion_error_is_reported_as_cheaply_as_python_does() -> None:
+    with RunnerClient() as client:
+        start = time.monotonic()
+        r = client.exec(DEEP_RECURSION, timeout=60)
+        elapsed = time.monotonic() - start
+        assert r.status == "error" and r.error["type"] == "RecursionError", r.done
+        tb = r.error["traceback"]
+        assert "[Previous line repeated" in tb and "more times]" in tb
+        assert tb.rstrip().endswith("RecursionError: maximum recursion depth exceeded")
+        # Plain python3 takes about 0.6 s for this; formatting every frame took 7-9 s.
+        assert elapsed < 4, f"took {elapsed:.1f} s"
+        assert client.eval("1").value == 1
+
+
+def test_traceback_limit_keeps_the_innermost_frames_like_python() -> None:
+    with RunnerClient() as client:
+        r = client.exec(
+            "import sys\nsys.setrecursionlimit(10000)\n"
+            "def g(n):\n    if n == 0:\n        raise KeyError('deep')\n    g(n - 1)\n"
+            "def f(n):\n    f(n + 1) if n < 2500 else g(2500)\nf(0)"
+        )
+        tb = r.error["traceback"]
+        assert "raise KeyError('deep')" in tb
+        assert tb.count('File "<exec-1>"') < 20  # collapsed, not 5000 frames
