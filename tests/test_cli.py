@@ -188,32 +188,13 @@ EXECPY_SCRIPT = Path(sys.executable).parent / "execpy"
 @pytest.mark.skipif(not EXECPY_SCRIPT.exists(), reason="the execpy script is not installed")
 def test_ctrl_c_at_an_input_prompt_in_a_terminal() -> None:
     # A real terminal, not pipes: Ctrl-C is the terminal's, sent by the line discipline
-    # to the foreground process group (the CLI; the runner has its own session) while a
-    # thread of the CLI is blocked reading the terminal for input().
-    pid, master = pty.fork()
-    if pid == 0:  # the child: a session leader with the pty as its controlling terminal
-        try:
-            os.execv(str(EXECPY_SCRIPT), ["execpy", "run", "-c", "x = input('name? ')"])
-        finally:
-            os._exit(127)
-    status = None
-    try:
-        out = DeadlineReader(master, time.monotonic() + 60)  # every wait below: a hang detector
+    # to the foreground process group (the CLI; the runner has its own session) while
+    # the CLI is reading the terminal for input().
+    def script(master: int, out: DeadlineReader) -> None:
         out.read_until(b"name? ")
         os.write(master, b"\x03")
-        out.read_until(None)  # to end of file: the CLI and its runner closed the terminal
-        while status is None and time.monotonic() < out.deadline:
-            waited, raw = os.waitpid(pid, os.WNOHANG)
-            if waited:
-                status = os.waitstatus_to_exitcode(raw)
-            else:
-                time.sleep(0.01)
-    finally:
-        if status is None:
-            os.kill(pid, signal.SIGKILL)
-            os.waitpid(pid, 0)
-        os.close(master)
-    text = out.data.decode("utf-8", "replace")
+
+    status, text = _in_a_terminal("x = input('name? ')", script)
     assert status == cli.EXIT_INTERRUPTED, text
     # The code's own traceback (its frames are <exec-N>) and nothing from the CLI: no
     # traceback of a real file, no crash at interpreter exit.
