@@ -377,10 +377,13 @@ class Operation:
             self._awaiting_input = False
             await self._host.send_for(self, InputReply(self.op_id, None))
 
-    async def abandon(self) -> None:
+    async def abandon(self, *, by_session: bool = False) -> None:
         """End the op early: cancel it in the runner and wait for its completion, draining
         its output (kept for the result) meanwhile. If another task is reading the op's
         events, it is left to read them, and this only waits for the end.
+        ``by_session``: the session's shutdown reads for a consumer that is not reading
+        (an exec_stream block busy elsewhere); that consumer's next read then just waits
+        for the end.
 
         Shielded and bounded by ``cancel_grace``: after it, the runner is killed and the
         op ends "lost" (its result: status "cancelled", ``error.type`` "RunnerDied").
@@ -392,6 +395,7 @@ class Operation:
                     if self._consuming:
                         await self._wait_ended()
                     else:
+                        self._drained_by_session = by_session
                         await self._drain()
                 except (ExecpyError, trio.ClosedResourceError, trio.BrokenResourceError):
                     pass  # the connection is gone, and so is the op (the channel says why)
@@ -426,21 +430,3 @@ class Operation:
         # Killed by us or by another task that gave up at the same moment: either way, end
         # with the recorded verdict, not before it is in.
         self._lose(await self._host.verdict())
-
-    async def interrupt(self) -> None:
-        """For the session's shutdown: cancel the op and wait (bounded by the grace) for
-        its consumer to see it end; kill the runner if it does not. Call it shielded."""
-        with trio.move_on_after(self._host.cancel_grace):
-            try:
-                await self._request_cancel()
-                if self._consuming:
-                    await self._wait_ended()
-                else:
-                    # Nobody reads (an exec_stream block busy elsewhere): read for it, or
-                    # the cancelled completion would wait behind the output.
-                    self._drained_by_session = True
-                    await self._drain()
-            except (ExecpyError, trio.ClosedResourceError, trio.BrokenResourceError):
-                return  # the connection is gone: the consumer is told why
-        if self._state == RUNNING:
-            await self._give_up()

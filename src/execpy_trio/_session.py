@@ -524,7 +524,7 @@ class Runner:
         transport = self._transport
         op = self._current
         if op is not None and not op.finished and self.state == RUNNING:
-            await op.interrupt()
+            await op.abandon(by_session=True)
         was_usable = self.state == RUNNING
         if not was_usable and transport.reader_started and not self._death_known.is_set():
             # The connection ended on its own and the reader is still deciding why: that
