@@ -40,7 +40,7 @@ from .protocol import InputRequest as InputRequestMsg
 from .protocol import Output as OutputMsg
 
 if TYPE_CHECKING:
-    from ._transport import OpChannel
+    from ._opchannel import OpChannel
     from .protocol import Message
 
 __all__ = ["OpHost", "OpState", "Operation"]

@@ -42,17 +42,10 @@ import os
 import sys
 
 # Bound at import, never looked up at call time: user code may replace or delete them.
-from os import O_RDONLY as _O_RDONLY
-from os import WNOHANG as _WNOHANG
 from os import _exit
-from os import close as _close
-from os import getpgid as _getpgid
 from os import getppid as _getppid
 from os import kill as _kill
-from os import listdir as _listdir
-from os import open as _open
 from os import read as _read
-from os import waitpid as _waitpid
 from os import write as _write
 from select import POLLIN as _POLLIN
 from select import poll as _poll
@@ -98,6 +91,7 @@ from . import (
     IMPL_VERSION,
 )
 from ._channel import Channel, ChannelLost
+from ._children import become_subreaper, group_members, kill_descendants
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -107,12 +101,6 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 else:
     import _signal  # not `signal`: that imports enum, ~2 ms of start-up for nothing
-
-# Not on every platform (bound at import too, like the names above).
-_waitid = getattr(os, "waitid", None)
-_P_ALL = getattr(os, "P_ALL", 0)
-_WEXITED = getattr(os, "WEXITED", 0)
-_WNOWAIT = getattr(os, "WNOWAIT", 0)
 
 CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture")
 DEFAULT_HELLO_TIMEOUT = 10.0
@@ -124,8 +112,6 @@ IO_DORMANT = 50
 REDELIVER_MS = 100
 #: After the channel is lost mid-op, how long the op has to unwind before a hard exit.
 LOST_GRACE = 1.0
-
-PR_SET_CHILD_SUBREAPER = 36
 
 # Phases of the main thread (see the module docstring).
 IDLE, PREPARING, RUNNING, PROTECTED, FINISHING = range(5)
@@ -143,79 +129,6 @@ Set EXECPY_TRACE=1 to log every frame on stderr. Exit codes: 0 clean, 2 usage,
 3 protocol error, 4 no hello in time, 5 channel lost during an op, 6 parent died,
 70 internal error.
 """
-
-
-def _become_subreaper() -> bool:
-    """prctl(PR_SET_CHILD_SUBREAPER, 1) on Linux; False where it is not available.
-
-    Through ``_ctypes`` alone (under 1 ms to import; all of ``ctypes`` takes about 4 ms).
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        import _ctypes
-
-        ct: Any = _ctypes  # dlopen(None), call_function: not in every stub
-        prctl = ct.dlsym(ct.dlopen(None), "prctl")
-        return bool(ct.call_function(prctl, (PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)) == 0)
-    except Exception:
-        return False
-
-
-def _has_children() -> bool:
-    """Whether we have a child (zombies too): one system call, not a walk of /proc.
-
-    With no child there is nothing to kill: a descendant hangs below a child of ours
-    (orphans become our children: we are their subreaper), and only descendants can be
-    in our process group (we lead our own session).
-    """
-    if _waitid is None:
-        return True
-    try:
-        _waitid(_P_ALL, 0, _WEXITED | _WNOHANG | _WNOWAIT)
-    except ChildProcessError:
-        return False
-    except OSError:
-        return True
-    return True
-
-
-def _descendants(root: int, group: int | None) -> list[int]:
-    """Every descendant of ``root`` (zombies too), and every process in ``group``.
-
-    One pass over /proc (``/proc/PID/task/TID/children`` needs CONFIG_PROC_CHILDREN,
-    which not every kernel has).
-    """
-    children: dict[int, list[int]] = {}
-    found: list[int] = []
-    try:
-        names = _listdir("/proc")
-    except OSError:
-        return []
-    for name in names:
-        if not name.isdigit():
-            continue
-        try:
-            fd = _open(f"/proc/{name}/stat", _O_RDONLY)
-            try:
-                stat = _read(fd, 4096)
-            finally:
-                _close(fd)
-            fields = stat[stat.rindex(b")") + 2 :].split(None, 3)  # state, ppid, pgrp
-            ppid, pgrp = int(fields[1]), int(fields[2])
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
-        pid = int(name)
-        if pgrp == group and pid != root:
-            found.append(pid)
-        else:
-            children.setdefault(ppid, []).append(pid)
-    todo = [root, *found]
-    while todo:
-        kids = children.get(todo.pop(), ())
-        found.extend(kids)
-        todo.extend(kids)
-    return found
 
 
 class UsageError(Exception):
@@ -434,60 +347,15 @@ class Runner:
         """Signal every process in our process group but ourselves."""
         if self.forked:
             return
-        for pid in self._group_members():
+        for pid in group_members(self.pid) if self.group_leader else ():
             try:
                 _kill(pid, signum)
             except OSError:
                 pass
 
-    def kill_descendants(self, bound: float = 1.0) -> None:
-        """SIGKILL our process group and every descendant, whatever its group, and reap.
-
-        Killing a process makes its children ours (we are their subreaper), so the walk
-        is repeated until nothing is left, or ``bound`` seconds have passed (a process in
-        uninterruptible sleep dies when it wakes up: we do not wait for it).
-        """
-        deadline = _monotonic() + bound
-        while _has_children():
-            pids = _descendants(self.pid, self.pid if self.group_leader else None)
-            if not pids:
-                return
-            for pid in pids:
-                try:
-                    _kill(pid, _signal.SIGKILL)
-                except OSError:
-                    pass
-            while True:
-                try:
-                    pid, _status = _waitpid(-1, _WNOHANG)
-                except ChildProcessError:
-                    break
-                if pid <= 0:
-                    break
-            if _monotonic() > deadline:
-                return
-            _sleep(0.001)
-
-    def _group_members(self) -> list[int]:
-        if not self.group_leader:
-            return []  # our group is someone else's too: leave it alone
-        members = []
-        try:
-            names = _listdir("/proc")
-        except OSError:
-            return []
-        for name in names:
-            if not name.isdigit():
-                continue
-            pid = int(name)
-            if pid == self.pid:
-                continue
-            try:
-                if _getpgid(pid) == self.pid:
-                    members.append(pid)
-            except OSError:
-                continue
-        return members
+    def kill_descendants(self) -> None:
+        """SIGKILL our process group and every descendant, whatever its group, and reap."""
+        kill_descendants(self.pid, self.pid if self.group_leader else None)
 
     # -- fork() in user code -------------------------------------------------------------
 
@@ -669,7 +537,7 @@ class Runner:
         # Orphans among our descendants (a double fork, a setsid daemon) become our
         # children instead of init's, so that exit() finds and kills them. Only user code
         # starts processes, so this can wait until the welcome is out (it costs ~0.6 ms).
-        _become_subreaper()
+        become_subreaper()
 
     # -- one op ---------------------------------------------------------------------------
 
