@@ -9,6 +9,8 @@ from collections.abc import Iterator
 import pytest
 from hypothesis import HealthCheck, settings
 
+from runner_client import RunnerClient
+
 settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
@@ -80,3 +82,13 @@ def _describe_fd(fd: int) -> str:
         return os.readlink(f"/proc/self/fd/{fd}")
     except OSError:
         return "?"
+
+
+@pytest.fixture
+def client() -> Iterator[RunnerClient]:
+    """A real runner (``--fd`` mode) behind the synchronous test client, closed after."""
+    c = RunnerClient()
+    try:
+        yield c
+    finally:
+        c.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 
 import pytest
 
@@ -35,16 +34,6 @@ from execpy_trio.runner import (
     EXIT_USAGE,
 )
 from runner_client import RUNNER_CMD, RunnerClient
-
-
-@pytest.fixture
-def client() -> Iterator[RunnerClient]:
-    c = RunnerClient()
-    try:
-        yield c
-    finally:
-        c.close()
-
 
 # -- command line and handshake ---------------------------------------------------------
 

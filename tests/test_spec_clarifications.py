@@ -6,8 +6,6 @@ now says the v1.0 runner does, so spec and runner cannot drift apart silently.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from execpy_trio.protocol import (
@@ -23,15 +21,6 @@ from execpy_trio.protocol import (
 )
 from execpy_trio.runner import EXIT_CHANNEL_LOST, EXIT_OK, EXIT_PROTOCOL
 from runner_client import RunnerClient
-
-
-@pytest.fixture
-def client() -> Iterator[RunnerClient]:
-    c = RunnerClient()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def _fatal(c: RunnerClient) -> dict[str, object]:

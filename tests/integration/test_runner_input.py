@@ -2,22 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
-
-import pytest
 
 from execpy_trio.protocol import Done, InputRequest
 from runner_client import RunnerClient, wait_for, wait_for_file_code
-
-
-@pytest.fixture
-def client() -> Iterator[RunnerClient]:
-    c = RunnerClient()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_canned_stdin_with_prompt_echo(client: RunnerClient) -> None:

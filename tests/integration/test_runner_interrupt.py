@@ -3,22 +3,11 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import pytest
 
 from execpy_trio.protocol import Cancel, Done, InputReply, InputRequest, Output
 from runner_client import RunnerClient, wait_gone
-
-
-@pytest.fixture
-def client() -> Iterator[RunnerClient]:
-    c = RunnerClient()
-    try:
-        yield c
-    finally:
-        c.close()
-
 
 #: How long a cancel may take to interrupt the code: a hang detector, not a speed check
 #: (uninterrupted, each snippet below runs for 100 s or forever).

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from execpy_trio.protocol import Done, Output
 from runner_client import RunnerClient, wait_for, wait_for_file_code
-
-
-@pytest.fixture
-def client() -> Iterator[RunnerClient]:
-    c = RunnerClient()
-    try:
-        yield c
-    finally:
-        c.close()
 
 
 def test_interleaved_print_os_write_and_children_keep_order(client: RunnerClient) -> None:
