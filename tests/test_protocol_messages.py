@@ -36,7 +36,8 @@ from execpy_trio.protocol import (
     message_from_wire,
     pack_body,
 )
-from execpy_trio.protocol._messages import OutputReader, checked_wire, invalid_reason
+from execpy_trio.protocol._messages import checked_wire, invalid_reason
+from execpy_trio.protocol._output_reader import OutputReader
 
 MAX_ID = 2**63 - 1
 ids = st.integers(min_value=1, max_value=MAX_ID)

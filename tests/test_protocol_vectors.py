@@ -24,7 +24,7 @@ from execpy_trio.protocol import (
     message_from_wire,
     pack_body,
 )
-from execpy_trio.protocol._messages import OutputReader
+from execpy_trio.protocol._output_reader import OutputReader
 
 VECTORS_DIR = Path(__file__).resolve().parent.parent / "spec" / "vectors"
 

@@ -35,13 +35,13 @@ from ._messages import (
     Hello,
     Message,
     Output,
-    OutputReader,
     UnknownMessage,
     Welcome,
     checked_wire,
     invalid_reason,
     message_from_wire,
 )
+from ._output_reader import OutputReader
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
