@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import select
 import sys
 import time
+from typing import Any
 
 import pytest
 
-from execpy_trio.protocol import Done
+from execpy_trio.protocol import NEED_DATA, Done, FrameDecoder, frame, pack_body
 from execpy_trio.runner import EXIT_OK
 from runner_client import RunnerClient, process_alive, wait_gone
 
@@ -236,3 +239,102 @@ def test_traceback_limit_keeps_the_innermost_frames_like_python() -> None:
         tb = r.error["traceback"]
         assert "raise KeyError('deep')" in tb
         assert tb.count('File "<exec-1>"') < 20  # collapsed, not 5000 frames
+
+
+# -- bounded memory against a peer that floods and does not read --------------------------
+
+PRINT_FOREVER = "import sys\nwhile True:\n    sys.stdout.write('x' * 65536)\n"
+FLOOD_BYTES = 32 * 1024 * 1024
+
+
+def _flood(make_frame: Any, wfd: int, limit: int) -> tuple[int, int, bytes]:
+    """Write frames ``make_frame(i)`` without blocking until the runner stops taking them.
+
+    Returns how many frames were started, how many bytes went out and the unsent rest of
+    the last frame.
+    """
+    sent_bytes = frames = 0
+    pending = memoryview(b"")
+    os.set_blocking(wfd, False)
+    try:
+        while sent_bytes < limit:
+            if not pending:
+                pending = memoryview(make_frame(frames))
+                frames += 1
+            if not select.select([], [wfd], [], 1.0)[1]:
+                break  # the runner stopped reading for a whole second: backpressure
+            try:
+                n = os.write(wfd, pending)
+            except BlockingIOError:
+                continue
+            pending = pending[n:]
+            sent_bytes += n
+    finally:
+        os.set_blocking(wfd, True)
+    return frames, sent_bytes, bytes(pending)
+
+
+def _exchange(client: RunnerClient, to_send: bytes, until: Any) -> tuple[dict[str, Any], int]:
+    """Write ``to_send`` while reading every frame, until ``until(value)``; count replies."""
+    decoder = FrameDecoder(client.max_frame)
+    replies = 0
+    out = memoryview(to_send)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        readable, writable, _ = select.select([client.rfd], [client.wfd] if out else [], [], 1.0)
+        if writable:
+            out = out[os.write(client.wfd, out[:65536]) :]
+        if readable:
+            data = os.read(client.rfd, 1 << 20)
+            assert data, f"the runner closed the channel:\n{client.diag()}"
+            decoder.feed(data)
+            while (value := decoder.next_value()) is not NEED_DATA:
+                if until(value):
+                    assert not out, "the runner answered before reading everything"
+                    return value, replies
+                kind = value["kind"]
+                if kind == "pong" or (kind == "error" and value["code"] == "busy"):
+                    replies += 1
+                else:
+                    assert kind == "output", value
+    raise AssertionError(f"no end to the exchange after the flood:\n{client.diag()}")
+
+
+def _raw(**fields: Any) -> bytes:
+    return frame(pack_body(fields))
+
+
+@pytest.mark.parametrize("kind", ["ping", "busy-exec"])
+def test_a_flooding_peer_that_does_not_read_gets_backpressure_not_memory_growth(
+    kind: str,
+) -> None:
+    import psutil
+
+    with RunnerClient() as client:
+        op = client.start_exec(PRINT_FOREVER)
+        time.sleep(0.5)  # the output fills the channel; the I/O thread reads for the op
+        proc = psutil.Process(client.pid)
+        before = proc.memory_info().rss
+        # Built by hand: our own state machine would refuse ops sent while one runs.
+        if kind == "ping":
+            ping = _raw(kind="ping", token=7)
+            sent, sent_bytes, rest = _flood(lambda i: ping, client.wfd, FLOOD_BYTES)
+        else:
+            sent, sent_bytes, rest = _flood(
+                lambda i: _raw(kind="exec", op=op + 1 + i, code="1"), client.wfd, FLOOD_BYTES
+            )
+        grown = proc.memory_info().rss - before
+        assert sent_bytes < FLOOD_BYTES, "the runner read the whole flood"
+        assert grown < 16 * 1024 * 1024, f"the runner grew by {grown / 2**20:.0f} MiB"
+        # Nothing was lost: once we read again, every frame sent gets its reply, the
+        # cancel behind them all is seen, and the runner goes on working.
+        done, replies = _exchange(
+            client, rest + _raw(kind="cancel", op=op), lambda v: v["kind"] == "done"
+        )
+        assert done["op"] == op and done["status"] == "cancelled", (done, client.diag())
+        assert replies == sent
+        last = op + 1 + (sent if kind == "busy-exec" else 0)
+        done, _ = _exchange(
+            client, _raw(kind="eval", op=last, expr="6 * 7"), lambda v: v["kind"] == "done"
+        )
+        assert done["op"] == last and done["value"] == 42, done

@@ -16,7 +16,10 @@ thread saves a hand-off between threads on every request (measured ~20 us per ro
   :meth:`send_control`, which never waits for ``write_lock``: the frame is queued and
   written by whoever holds the lock when it releases it (each side re-checks the queue
   after its own step, so none is lost). The I/O thread therefore never blocks behind a
-  pump that is blocked on a slow reader, and a cancel is always seen.
+  pump that is blocked on a slow reader, and a cancel is always seen. The queue holds at
+  most ``CONTROL_MAX`` frames: when it is full the I/O thread stops reading (so a peer
+  that sends pings but reads nothing meets backpressure, not a runner that grows without
+  bound), and ``on_control_room`` wakes it when the queue has been written out.
 * ``read_lock`` decides who reads: the main thread holds it while idle (and reads with
   blocking reads); the I/O thread holds it, with ``reader_is_io`` set, while it reads for
   a long-running op, and then reads only after poll says bytes are there, so it never sits
@@ -52,6 +55,9 @@ if TYPE_CHECKING:
     from typing import Any
 
 READ_SIZE = 65536
+#: Control frames (pong, busy, unknown-kind) queued behind a blocked writer before the
+#: I/O thread stops reading the channel.
+CONTROL_MAX = 64
 
 
 class ChannelLost(Exception):
@@ -74,6 +80,9 @@ class Channel:
         #: The connection state before the last event was decoded, for diagnostics.
         self.state_at_read = conn.state
         self._control: list[Message] = []
+        #: Called (by a writer, holding ``write_lock``) when a full control queue has
+        #: been written out: the I/O thread waits for it before it reads again.
+        self.on_control_room: Callable[[], None] | None = None
         self._readable = _poll()
         self._readable.register(rfd, _POLLIN)
         self._writable = _poll()
@@ -115,7 +124,13 @@ class Channel:
             finally:
                 self.write_lock.release()
 
+    @property
+    def control_full(self) -> bool:
+        """True while the I/O thread must not read: its replies are not being written."""
+        return len(self._control) >= CONTROL_MAX
+
     def _flush_control(self) -> None:
+        was_full = len(self._control) >= CONTROL_MAX
         while self._control:
             msg = self._control.pop(0)
             try:
@@ -123,6 +138,8 @@ class Channel:
             except LocalProtocolError as exc:
                 # E.g. a pong after the connection failed: nothing to tell the peer.
                 self.diag(f"dropped {msg.KIND!r} frame: {exc}")
+        if was_full and self.on_control_room is not None:
+            self.on_control_room()
 
     def _send_locked(self, msg: Message) -> None:
         if self.broken:
@@ -246,18 +263,7 @@ class Channel:
                 ev = conn.next_event()
         return ev
 
-    def io_read_events(self, buffered_only: bool = False) -> list[Any]:
-        """For the I/O thread, holding ``read_lock``: read what is there, decode it all.
-
-        May raise RemoteProtocolError. Returns [] if nothing is there after all.
-        """
-        events: list[Any] = []
-        if not buffered_only and self._readable.poll(0):
+    def fill_if_readable(self) -> None:
+        """For the I/O thread, holding ``read_lock``: read a chunk if one is there."""
+        if self._readable.poll(0):
             self.fill()
-        while True:
-            ev = self.next_buffered()
-            if ev is NEED_DATA:
-                return events
-            events.append(ev)
-            if type(ev) is ConnectionClosed:
-                return events

@@ -265,8 +265,11 @@ class Runner:
         self._op_gen = 0
         self._op_active = False
         self._io_sleeping = True
+        #: Complete frames left in the decoder while the control queue was full.
+        self._io_backlog = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
+        self.channel.on_control_room = self._wake_io
         self._pidfd: int | None = None
         if self.ppid > 1:
             try:
@@ -738,7 +741,11 @@ class Runner:
         while True:
             if chan.reader_is_io:
                 pending = self.cancel_requested and not self.interrupt_delivered
-                ready = busy.poll(REDELIVER_MS if pending else dormant_timeout)
+                # With replies piling up unwritten, read nothing more (backpressure).
+                blocked = self._io_backlog or chan.control_full
+                ready = (idle if blocked else busy).poll(
+                    REDELIVER_MS if pending else dormant_timeout
+                )
                 if pending and not ready:
                     self._redeliver_interrupt()
             else:
@@ -746,6 +753,8 @@ class Runner:
             for fd, _ev in ready:
                 if fd == self._wake_r:
                     _read(self._wake_r, 4096)
+                    if self._io_backlog and chan.reader_is_io and not chan.control_full:
+                        self._io_read(buffered_only=True)
                 elif fd == self._pidfd:
                     self.parent_died()
                 else:
@@ -780,12 +789,29 @@ class Runner:
                 self._io_read(buffered_only=True)
 
     def _io_read(self, buffered_only: bool = False) -> None:
+        """Read a chunk if one is there, then act on every complete frame buffered.
+
+        Stops while the control queue is full (its replies are not being written): the
+        rest stays in the decoder, ``_io_backlog`` is set, and the channel is not read
+        again until the queue has room and the backlog is done.
+        """
+        chan = self.channel
         try:
-            events = self.channel.io_read_events(buffered_only)
+            if not buffered_only:
+                chan.fill_if_readable()
+            while True:
+                if chan.control_full:
+                    self._io_backlog = True
+                    return
+                ev = chan.next_buffered()
+                if ev is NEED_DATA:
+                    self._io_backlog = False
+                    return
+                self._io_dispatch(ev)
+                if type(ev) is ConnectionClosed:
+                    return
         except RemoteProtocolError as exc:
             self.protocol_failure(exc)
-        for ev in events:
-            self._io_dispatch(ev)
 
     def _io_dispatch(self, ev: Any) -> None:
         kind = type(ev)
