@@ -251,20 +251,91 @@ def test_pack_body_refuses_what_msgpack_cannot_carry() -> None:
 
 
 @pytest.mark.parametrize(
-    ("body", "code"),
+    ("body", "why"),
     [
-        (b"", "bad-frame"),
-        (b"\xc1", "bad-frame"),
-        (b"\x80\xc0", "bad-frame"),  # trailing bytes
-        (b"\x81\xa1k", "bad-frame"),  # ends early
-        (b"\xd4\x05\x00", "bad-frame"),  # ext type 5
-        (b"\x91" * 5000 + b"\x01", "bad-frame"),  # nested deeper than msgpack's stack
+        (b"", "it ends in the middle of a value"),
+        (b"\xc1", "a byte that starts no msgpack type (0xc1 is reserved)"),
+        (b"\x80\xc0", "it holds more than one value (1 bytes follow the first)"),
+        (b"\x81\xa1k", "it ends in the middle of a value"),
+        (b"\xd4\x05\x00", "msgpack extension type 5 is not allowed"),
+        (b"\x91" * 5000 + b"\x01", "it nests containers deeper than 1024 levels"),
+        (b"\x81\x01\x02", "a map key is not a str or bin (int)"),
+        (b"\xa2\xff\xfe", "a str is not valid UTF-8 (invalid start byte at byte 0"),
     ],
 )
-def test_unpack_body_errors_are_remote_protocol_errors(body: bytes, code: str) -> None:
+def test_unpack_body_errors_say_what_was_wrong(body: bytes, why: str) -> None:
     with pytest.raises(RemoteProtocolError) as info:
         unpack_body(body)
-    assert info.value.error_code == code
+    assert info.value.error_code == "bad-frame"
+    message = str(info.value)
+    assert message.startswith(f"frame body of {len(body)} bytes (starting {body[:16].hex(' ')})")
+    assert why in message
+
+
+def test_connection_errors_name_the_sender_and_state() -> None:
+    conn = Connection("runner")
+    conn.receive_data(frame(b"\xc1"))
+    with pytest.raises(RemoteProtocolError, match=r"\(from the client, connection state "):
+        conn.next_event()
+
+
+MIB = 1024 * 1024
+
+
+def _array(n: int, element: bytes) -> bytes:
+    return b"\xdd" + struct.pack(">I", n) + element * n
+
+
+def _peak_while(fn: Any) -> int:
+    import tracemalloc
+
+    tracemalloc.start()
+    try:
+        fn()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        # One frame of 16 million empty lists: 1.3 GB when decoded without a budget.
+        _array(16 * MIB - 16, b"\x90"),
+        # Fifteen arrays just under the per-container limit: the total is what counts.
+        b"\x9f" + _array(MIB - 2, b"\x80") * 15,
+        # Deep rather than wide.
+        b"\x92" * 200 + _array(MIB // 2, b"\x90") * 2,
+    ],
+    ids=["one-wide-array", "many-arrays", "nested"],
+)
+def test_a_frame_cannot_expand_past_its_object_budget(body: bytes) -> None:
+    decoder = FrameDecoder(16 * MIB)
+    decoder.feed(frame(body))
+    raised: list[RemoteProtocolError] = []
+
+    def decode() -> None:
+        with pytest.raises(RemoteProtocolError) as info:
+            decoder.next_value()
+        raised.append(info.value)
+
+    peak = _peak_while(decode)
+    assert raised[0].error_code == "bad-frame"
+    assert "it expands to more than 1048576 objects, the limit for a receiver whose " \
+        "max_frame is 16777216 bytes" in str(raised[0])
+    assert peak < 100 * MIB, f"decoding took {peak / MIB:.0f} MiB on the way to refusing"
+
+
+def test_a_frame_within_its_object_budget_is_accepted() -> None:
+    decoder = FrameDecoder(16 * MIB)
+    values = list(range(1_000_000))
+    decoder.feed(framed({"kind": "x", "value": values}))
+    assert decoder.next_value() == {"kind": "x", "value": values}
+    # The budget scales with the receiver's limit, not the sender's.
+    small = FrameDecoder(HANDSHAKE_MAX_FRAME)
+    small.feed(framed(list(range(5000))))
+    with pytest.raises(RemoteProtocolError, match="more than 4096 objects"):
+        small.next_value()
 
 
 def test_decoding_an_ordinary_stream_keeps_order_and_types() -> None:

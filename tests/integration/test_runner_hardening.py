@@ -338,3 +338,28 @@ def test_a_flooding_peer_that_does_not_read_gets_backpressure_not_memory_growth(
             client, _raw(kind="eval", op=last, expr="6 * 7"), lambda v: v["kind"] == "done"
         )
         assert done["op"] == last and done["value"] == 42, done
+
+
+# -- decode amplification -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("while_busy", [False, True], ids=["idle", "busy"])
+def test_a_frame_that_expands_past_the_object_budget_is_a_bad_frame(while_busy: bool) -> None:
+    import struct
+
+    from execpy_trio.runner import EXIT_PROTOCOL
+
+    n = 16 * 1024 * 1024 - 64
+    with RunnerClient() as client:
+        op = 1
+        if while_busy:
+            op = client.start_exec("import time\ntime.sleep(100)") + 1
+            time.sleep(0.3)  # the I/O thread is the reader now
+        head = pack_body({"kind": "exec", "op": op, "code": "1", "variables": {"v": None}})
+        # The same message with the nil replaced by 16 million empty lists.
+        body = head[:-1] + b"\xdd" + struct.pack(">I", n) + b"\x90" * n
+        client.send_raw(frame(body))
+        fatal = client.recv_raw_values(timeout=30)[-1]
+        assert fatal["kind"] == "error" and fatal["fatal"] and fatal["code"] == "bad-frame"
+        assert "expands to more than 1048576 objects" in fatal["message"], fatal
+        assert client.wait(10) == EXIT_PROTOCOL

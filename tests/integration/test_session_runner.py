@@ -230,3 +230,27 @@ async def test_runner_exit_while_an_escaped_child_holds_the_channel(tmp_path: pa
                 while not pid_file.exists() or not pid_file.read_text():  # noqa: ASYNC110
                     await trio.sleep(0.01)
             os.kill(int(pid_file.read_text()), signal.SIGKILL)
+
+
+# -- what a frame may expand to -------------------------------------------------------------
+
+
+async def test_variables_over_the_runners_object_budget_are_refused_before_sending() -> None:
+    async with ex.open_runner() as runner:
+        with trio.fail_after(HANG):
+            with pytest.raises(ex.LocalProtocolError) as info:
+                await runner.exec("len(v)", variables={"v": [[]] * 1_100_000})
+            assert "would expand to more than 1048576 msgpack objects" in str(info.value)
+            # Nothing reached the runner: it is still there, and so is its namespace.
+            assert await runner.eval("6 * 7") == 42
+            assert await runner.eval("len(v)", variables={"v": list(range(1000))}) == 1000
+
+
+async def test_an_eval_value_over_the_clients_object_budget_is_an_error_not_a_lost_runner() -> None:
+    async with ex.open_runner() as runner:
+        with trio.fail_after(HANG):
+            with pytest.raises(ex.CodeError) as info:
+                await runner.eval("[[]] * 1_100_000")
+            assert info.value.result.error.type == "TypeError"
+            assert "more than 1048576 objects" in str(info.value)
+            assert await runner.eval("len([[]] * 1_100_000)") == 1_100_000

@@ -12,11 +12,14 @@ from ._frame import (
     ABSOLUTE_MAX_FRAME,
     DEFAULT_MAX_FRAME,
     HANDSHAKE_MAX_FRAME,
+    MAX_NESTING,
     MIN_MAX_FRAME,
     NEED_DATA,
     FrameDecoder,
     frame,
+    max_objects,
     pack_body,
+    undecodable_reason,
     unpack_body,
 )
 from ._messages import (
@@ -52,6 +55,7 @@ __all__ = [
     "DEFAULT_MAX_FRAME",
     "HANDSHAKE_MAX_FRAME",
     "MESSAGE_TYPES",
+    "MAX_NESTING",
     "MIN_MAX_FRAME",
     "NEED_DATA",
     "PROTOCOL_VERSION",
@@ -84,7 +88,9 @@ __all__ = [
     "UnknownMessage",
     "Welcome",
     "frame",
+    "max_objects",
     "message_from_wire",
     "pack_body",
+    "undecodable_reason",
     "unpack_body",
 ]

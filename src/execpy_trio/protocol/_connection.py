@@ -18,12 +18,15 @@ from . import _state as S
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
 from ._frame import (
     ABSOLUTE_MAX_FRAME,
+    BYTES_PER_OBJECT,
     DEFAULT_MAX_FRAME,
     HANDSHAKE_MAX_FRAME,
     HEADER,
     MIN_MAX_FRAME,
     NEED_DATA,
     FrameDecoder,
+    max_objects,
+    unpack_body,
 )
 from ._messages import (
     CLIENT,
@@ -224,9 +227,25 @@ class Connection:
             body: bytes = self._pack(wire)
         except (TypeError, ValueError, OverflowError) as exc:
             raise LocalProtocolError(f"cannot encode {msg.KIND!r} as msgpack: {exc}") from exc
-        if len(body) > self.peer_max_frame:
-            self._check_size(msg, len(body))
+        if len(body) > self.peer_max_frame // BYTES_PER_OBJECT:  # max_objects(), inline
+            if len(body) > self.peer_max_frame:
+                self._check_size(msg, len(body))
+            self._check_objects(msg, body)
         return HEADER.pack(len(body)) + body
+
+    def _check_objects(self, msg: Message, body: bytes) -> None:
+        # Only a body longer than the peer's object budget can hold more objects than it:
+        # decoding it as the peer will is the one exact check.
+        try:
+            unpack_body(body, self.peer_max_frame)
+        except RemoteProtocolError as exc:
+            raise LocalProtocolError(
+                f"{msg.KIND!r} frame would expand to more than "
+                f"{max_objects(self.peer_max_frame)} msgpack objects, the limit of a peer "
+                f"whose max_frame is {self.peer_max_frame} bytes (state {self.state}); "
+                "send less data per message",
+                error_code="frame-too-large",
+            ) from exc
 
     def _check_size(self, msg: Message, size: int) -> None:
         if size > self.peer_max_frame:
@@ -257,7 +276,13 @@ class Connection:
                 error_code="connection-failed",
             )
         try:
-            value = self._decoder.next_value()
+            try:
+                value = self._decoder.next_value()
+            except RemoteProtocolError as exc:
+                raise RemoteProtocolError(
+                    f"{exc} (from the {self.their_role}, connection state {self.state})",
+                    error_code=exc.error_code,
+                ) from exc.__cause__
             if value is NEED_DATA:
                 if self._eof:
                     return self._closed()

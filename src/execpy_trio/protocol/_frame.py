@@ -3,6 +3,9 @@
 Theory of operation: :class:`FrameDecoder` is fed whatever bytes arrive, in any chunking,
 and hands back complete msgpack values. It refuses a frame whose announced length is over
 the limit as soon as the 4-byte header is seen, so an announced 4 GiB frame costs nothing.
+A body may expand to at most ``max_objects(max_frame)`` msgpack objects (a frame of empty
+lists would otherwise cost 64 bytes of memory per byte received), and nest at most
+``MAX_NESTING`` deep; both are refused as ``bad-frame``, naming the limit.
 Bytes are appended to one ``bytearray`` and consumed by advancing an offset; the buffer is
 compacted only when the consumed part dominates, so feeding one byte at a time and
 draining many small frames from one large chunk are both linear. When the buffer is empty
@@ -22,6 +25,8 @@ if TYPE_CHECKING:
     from collections.abc import Callable
     from typing import Any
 
+_unpackb = msgpack.unpackb
+
 HEADER = struct.Struct(">I")
 HEADER_SIZE = 4
 #: The largest frame anyone may send before the handshake has agreed on limits.
@@ -32,6 +37,11 @@ MIN_MAX_FRAME = 64 * 1024
 DEFAULT_MAX_FRAME = 16 * 1024 * 1024
 #: The wire format cannot express more.
 ABSOLUTE_MAX_FRAME = 0xFFFFFFFF
+#: Containers a body may nest (msgpack's own decoder stops there; senders must stay at or
+#: under 512, which is where msgpack's encoder stops).
+MAX_NESTING = 1024
+#: One msgpack object per this many bytes of ``max_frame`` may be in a frame.
+BYTES_PER_OBJECT = 16
 # Bodies up to this size are sliced out of a received chunk (a copy) rather than viewed:
 # creating a memoryview costs more than copying a few hundred bytes.
 _COPY_BELOW = 2048
@@ -49,24 +59,117 @@ def pack_body(value: Any) -> bytes:
         raise LocalProtocolError(f"cannot encode {type(value).__name__} as msgpack: {exc}") from exc
 
 
-def unpack_body(body: bytes | bytearray | memoryview) -> Any:
-    """Decode exactly one msgpack value, or raise RemoteProtocolError."""
+def max_objects(max_frame: int) -> int:
+    """How many msgpack objects a frame may expand to, for a receiver's ``max_frame``.
+
+    Every element of an array, every key and every value of a map, and every container
+    counts one. At the default 16 MiB that is 1,048,576 objects, at most about 70 MiB of
+    Python objects, where an unbounded frame of empty lists would cost 1.1 GiB.
+    """
+    return max_frame // BYTES_PER_OBJECT
+
+
+def unpack_body(body: bytes | bytearray | memoryview, max_frame: int | None = None) -> Any:
+    """Decode exactly one msgpack value, or raise RemoteProtocolError (``bad-frame``).
+
+    ``max_frame`` is the receiver's frame limit; the body may hold ``max_objects`` of it
+    (by default: of the body's own length, which no body can exceed).
+    """
     # msgpack >= 1.0 defaults: raw=False (str is str), use_list=True, strict_map_key=True
     # (map keys are str or bytes); passing them again costs time on every frame.
     try:
+        if max_frame is not None and len(body) > max_objects(max_frame):
+            return _unpack_counted(body, max_objects(max_frame))
         return _unpackb(body, ext_hook=_refuse_ext)
     except Exception as exc:  # msgpack raises many unrelated types; all mean "bad frame"
-        raise _bad_frame(exc) from exc
+        raise _bad_frame(exc, body, max_frame) from exc
 
 
-def _bad_frame(exc: Exception) -> RemoteProtocolError:
+def undecodable_reason(body: bytes | bytearray | memoryview, max_frame: int) -> str | None:
+    """Why a receiver with ``max_frame`` would refuse ``body``, or None if it would not."""
+    try:
+        unpack_body(body, max_frame)
+    except RemoteProtocolError as exc:
+        return _why(exc.__cause__, body, max_frame)  # type: ignore[arg-type]
+    return None
+
+
+class _OverBudget(Exception):
+    pass
+
+
+class _ObjectBudget:
+    """msgpack hooks that count the objects decoded and stop past the limit.
+
+    The hooks run as each container is completed, so a container is counted after its
+    elements are built; ``max_array_len``/``max_map_len`` at the same limit bound that.
+    """
+
+    __slots__ = ("left",)
+
+    def __init__(self, limit: int) -> None:
+        self.left = limit
+
+    def list_hook(self, value: list[Any]) -> list[Any]:
+        self.left -= len(value) + 1
+        if self.left < 0:
+            raise _OverBudget
+        return value
+
+    def map_hook(self, value: dict[Any, Any]) -> dict[Any, Any]:
+        self.left -= 2 * len(value) + 1
+        if self.left < 0:
+            raise _OverBudget
+        return value
+
+
+def _unpack_counted(body: bytes | bytearray | memoryview, limit: int) -> Any:
+    budget = _ObjectBudget(limit)
+    return _unpackb(
+        body,
+        ext_hook=_refuse_ext,
+        list_hook=budget.list_hook,
+        object_hook=budget.map_hook,
+        max_array_len=limit,
+        max_map_len=limit,
+    )
+
+
+def _bad_frame(
+    exc: Exception, body: bytes | bytearray | memoryview, max_frame: int | None
+) -> RemoteProtocolError:
     return RemoteProtocolError(
-        f"frame body is not one valid msgpack value: {type(exc).__name__}: {exc}",
+        f"frame body of {len(body)} bytes (starting {bytes(body[:16]).hex(' ')}) is not one "
+        f"valid msgpack value: {_why(exc, body, max_frame)}",
         error_code="bad-frame",
     )
 
 
-_unpackb = msgpack.unpackb
+def _why(exc: Exception, body: bytes | bytearray | memoryview, max_frame: int | None) -> str:
+    limit = max_objects(max_frame if max_frame is not None else len(body))
+    if isinstance(exc, _OverBudget) or "exceeds max_" in str(exc):
+        return (
+            f"it expands to more than {limit} objects, the limit for a receiver whose "
+            f"max_frame is {max_frame} bytes (one object per {BYTES_PER_OBJECT} bytes); "
+            "send the data in smaller pieces"
+        )
+    if isinstance(exc, msgpack.StackError):
+        return f"it nests containers deeper than {MAX_NESTING} levels"
+    if isinstance(exc, msgpack.ExtraData):
+        return (
+            f"it holds more than one value ({len(exc.extra)} bytes follow the first); "
+            "a frame holds exactly one"
+        )
+    if isinstance(exc, msgpack.FormatError):
+        return "it contains a byte that starts no msgpack type (0xc1 is reserved)"
+    if isinstance(exc, UnicodeDecodeError):
+        return f"a str is not valid UTF-8 ({exc.reason} at byte {exc.start} of the str)"
+    text = str(exc)
+    if "incomplete input" in text:
+        return "it ends in the middle of a value"
+    if "map key" in text:
+        return f"a map key is not a str or bin ({text.split(' is not')[0]}); keys are strings"
+    return f"{type(exc).__name__}: {text}"
 
 
 def frame(body: bytes) -> bytes:
@@ -172,10 +275,12 @@ class FrameDecoder:
                     if value is not None:
                         return value
                 body = memoryview(chunk)[pos + HEADER_SIZE : stop]
-            try:  # unpack_body, inline: this is the hot path
-                return _unpackb(body, ext_hook=_refuse_ext)
-            except Exception as exc:
-                raise _bad_frame(exc) from exc
+            if length <= _COPY_BELOW:
+                try:  # unpack_body, inline: this is the hot path
+                    return _unpackb(body, ext_hook=_refuse_ext)
+                except Exception as exc:
+                    raise _bad_frame(exc, body, self.max_frame) from exc
+            return unpack_body(body, self.max_frame)
         buf = self._buf
         pos = self._pos
         end = len(buf)
@@ -194,7 +299,7 @@ class FrameDecoder:
             with memoryview(buf) as view:
                 body = view[pos + HEADER_SIZE : stop]
                 try:
-                    value = unpack_body(body)
+                    value = unpack_body(body, self.max_frame)
                 finally:
                     body.release()
         self._pos = stop

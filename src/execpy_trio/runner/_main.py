@@ -668,23 +668,29 @@ class Runner:
         return text
 
     def _eval_value(self, value: Any) -> Any:
-        from execpy_trio.protocol import pack_body, unpack_body
+        from execpy_trio.protocol import pack_body, undecodable_reason
 
+        why: str | None
         try:
             body = pack_body(value)
-            unpack_body(body)  # what the client's decoder will accept (e.g. str keys)
-        except (LocalProtocolError, RemoteProtocolError) as exc:
-            detail = str(exc.__cause__ or exc)
+        except LocalProtocolError as exc:
+            cause = exc.__cause__
+            why = "an int does not fit in 64 bits" if isinstance(cause, OverflowError) else None
+            why = why or str(cause or exc)
+        else:
+            if len(body) > self.conn.peer_max_frame - 256:
+                raise ValueError(
+                    f"eval result is {len(body)} bytes as msgpack, over the client's frame "
+                    f"limit of {self.conn.peer_max_frame} bytes; return less data"
+                )
+            # What the client's decoder will accept: str keys, its object budget.
+            why = undecodable_reason(body, self.conn.peer_max_frame)
+        if why is not None:
             raise TypeError(
                 f"eval result of type {type(value).__name__!r} cannot be sent as msgpack: "
-                f"{detail}; convert it to plain data (None, bool, int, float, str, bytes, "
-                f"list, dict with str keys) or use exec and repr()"
+                f"{why}; convert it to plain data (None, bool, int of 64 bits, float, str, "
+                "bytes, list, dict with str keys) or use exec and repr()"
             ) from None
-        if len(body) > self.conn.peer_max_frame - 256:
-            raise ValueError(
-                f"eval result is {len(body)} bytes as msgpack, over the client's frame "
-                f"limit of {self.conn.peer_max_frame} bytes; return less data"
-            )
         return value
 
     def _error(self, exc: BaseException) -> dict[str, str]:
