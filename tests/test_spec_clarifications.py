@@ -246,14 +246,29 @@ def test_done_that_would_exceed_the_clients_max_frame() -> None:
         message = r.error["message"]
         assert r.status == "error" and f"\n... [{200_000 - limit} characters cut] ...\n" in message
         assert len(message) < limit + 100 and len(r.error["traceback"]) < limit + 100
-        # The cut counts characters: 3-byte characters overflow the frame, and the runner
-        # falls back to an error that names the frame size, with an empty traceback.
+        # The cut counts UTF-8 bytes: 3-byte characters are cut as short, and the error
+        # keeps its own type, message and traceback.
         r = c.exec("raise ValueError('\\u20ac' * 200_000)")
         assert r.status == "error" and r.error["type"] == "ValueError"
-        assert "'done' frame of" in r.error["message"] and r.error["traceback"] == ""
+        message, tb = r.error["message"], r.error["traceback"]
+        assert message.startswith("\u20ac" * 100) and " characters cut] ...\n" in message
+        assert len(message.encode()) < limit + 100 and len(tb.encode()) < limit + 100
+        assert tb.startswith("Traceback (most recent call last):")
+        r = c.exec("'\\u20ac' * 100_000")
+        assert r.status == "ok" and r.value.endswith("... [repr cut: 100002 characters in all]")
+        assert len(r.value.encode()) <= limit + 100
         assert c.exec("1").value == "1"
     finally:
         c.close()
+
+
+def test_an_error_message_with_a_lone_surrogate_is_sent_escaped(client: RunnerClient) -> None:
+    r = client.exec("raise ValueError('bad \\udc80 byte')")
+    assert (r.status, r.error["type"]) == ("error", "ValueError")
+    assert r.error["message"] == "bad \\udc80 byte"
+    assert r.error["traceback"].endswith("ValueError: bad \\udc80 byte\n")
+    r = client.exec("class R:\n    def __repr__(self): return '\\udc80'\nR()")
+    assert (r.status, r.value) == ("ok", "\\udc80")
 
 
 def test_bad_frame_message_names_the_problem(client: RunnerClient) -> None:

@@ -205,11 +205,35 @@ def _innermost(tb: TracebackType | None, n: int) -> TracebackType | None:
     return tb
 
 
+def sendable(text: str) -> tuple[str, bytes]:
+    """``text`` as it can go on the wire (lone surrogates escaped), and its UTF-8 bytes."""
+    try:
+        return text, text.encode("utf-8")
+    except UnicodeEncodeError:
+        data = text.encode("utf-8", "backslashreplace")
+        return data.decode("utf-8"), data
+
+
 def _clip(text: str, limit: int) -> str:
-    if len(text) <= limit:
+    """``text``, sendable, cut in the middle to at most about ``limit`` UTF-8 bytes."""
+    text, data = sendable(text)
+    if len(data) <= limit:
         return text
-    cut = len(text) - limit
-    return f"{text[: limit // 2]}\n... [{cut} characters cut] ...\n{text[-limit // 2 :]}"
+    # Cut on bytes, not characters: the frame limit is in bytes, and a character may
+    # take four. A character split by a cut is dropped.
+    head = data[: limit // 2].decode("utf-8", "ignore")
+    tail = data[-(limit // 2) :].decode("utf-8", "ignore")
+    cut = len(text) - len(head) - len(tail)
+    return f"{head}\n... [{cut} characters cut] ...\n{tail}"
+
+
+def clip_head(text: str, limit: int) -> str:
+    """``text``, sendable, cut after at most ``limit`` UTF-8 bytes, saying so."""
+    text, data = sendable(text)
+    if len(data) <= limit:
+        return text
+    head = data[:limit].decode("utf-8", "ignore")
+    return f"{head}... [repr cut: {len(text)} characters in all]"
 
 
 def _cut_runner_frames(te: Any, seen: set[int]) -> None:

@@ -653,6 +653,8 @@ class Runner:
         return STATUS_ERROR, None, self._error(exc)
 
     def _value_limit(self) -> int:
+        # In UTF-8 bytes, for each of the value, the message and the traceback: all three
+        # together still fit in the client's frame.
         return max(1024, self.conn.peer_max_frame // 4)
 
     def _exec_value(self, value: Any) -> str | None:
@@ -661,11 +663,9 @@ class Runner:
         import builtins
 
         builtins._ = value  # type: ignore[attr-defined]
-        text = repr(value)
-        limit = self._value_limit()
-        if len(text) > limit:
-            text = f"{text[:limit]}... [repr cut: {len(text)} characters in all]"
-        return text
+        from ._execute import clip_head
+
+        return clip_head(repr(value), self._value_limit())
 
     def _eval_value(self, value: Any) -> Any:
         from execpy_trio.protocol import pack_body, undecodable_reason
