@@ -22,9 +22,11 @@ from execpy_trio import cli
 EXECPY = [sys.executable, "-c", "import sys; from execpy_trio.cli import main; sys.exit(main())"]
 
 
-def execpy(*args: str, stdin: str = "", timeout: float = 30) -> subprocess.CompletedProcess[str]:
+def execpy(
+    *args: str, stdin: str = "", timeout: float = 30, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [*EXECPY, *args], input=stdin, capture_output=True, text=True, timeout=timeout
+        [*EXECPY, *args], input=stdin, capture_output=True, text=True, timeout=timeout, cwd=cwd
     )
 
 
@@ -196,11 +198,11 @@ def test_ctrl_c_at_an_input_prompt_in_a_terminal() -> None:
 
     status, text = _in_a_terminal("x = input('name? ')", script)
     assert status == cli.EXIT_INTERRUPTED, text
-    # The code's own traceback (its frames are <exec-N>) and nothing from the CLI: no
-    # traceback of a real file, no crash at interpreter exit.
+    # The code's own traceback (its frames are <string>, as python3 -c names them) and
+    # nothing from the CLI: no traceback of a real file, no crash at interpreter exit.
     assert text.count("Traceback") == 1 and "KeyboardInterrupt" in text, text
     frames = [line.strip() for line in text.splitlines() if line.strip().startswith("File ")]
-    assert frames and all(f.startswith('File "<exec-') for f in frames), text
+    assert frames and all(f.startswith('File "<string>"') for f in frames), text
     assert "Fatal Python error" not in text and "Exception ignored" not in text, text
 
 
@@ -265,6 +267,29 @@ def test_argv_file_and_exit_status_as_python3(tmp_path: Path) -> None:
     p = execpy("run", str(script), "a", "--flag")
     assert p.returncode == 4 and p.stderr == ""  # no SystemExit traceback
     assert p.stdout == f"{[str(script), 'a', '--flag']} True\n"
+
+
+def test_tracebacks_name_the_file_and_its_lines_as_python3(tmp_path: Path) -> None:
+    script = tmp_path / "prog.py"
+    script.write_text("def main():\n    return 1 / 0\n\nmain()\n")
+    p = execpy("run", str(script))
+    assert p.returncode == 1 and p.stdout == ""
+    assert p.stderr.splitlines() == [
+        "Traceback (most recent call last):",
+        f'  File "{script}", line 4, in <module>',
+        "    main()",
+        f'  File "{script}", line 2, in main',
+        "    return 1 / 0",
+        "           ~~^~~",
+        "ZeroDivisionError: division by zero",
+    ]
+    # A relative path is made absolute, as python3 does; sys.argv[0] stays as typed.
+    p = execpy("run", "prog.py", cwd=tmp_path)
+    assert f'File "{script}", line 2, in main' in p.stderr
+    p = execpy("run", "-c", "1 / 0")
+    assert 'File "<string>", line 1, in <module>' in p.stderr
+    p = execpy("run", "-", stdin="print(__file__)\n1 / 0\n")
+    assert p.stdout == "<stdin>\n" and 'File "<stdin>", line 2, in <module>' in p.stderr
 
 
 def test_argv_with_c_and_stdin() -> None:

@@ -492,7 +492,7 @@ def test_major_version_mismatch() -> None:
     with pytest.raises(RemoteProtocolError) as remote:
         runner.next_event()
     assert remote.value.error_code == "version-mismatch"
-    assert "2.0" in str(remote.value) and "1.0" in str(remote.value)
+    assert "2.0" in str(remote.value) and "1.1" in str(remote.value)
     deliver(client, Connection(RUNNER), Hello((1, 7), "t", "1", DEFAULT_MAX_FRAME))  # minor ok
 
 

@@ -457,3 +457,17 @@ def test_channel_write_pieces_finishes_a_short_writev(monkeypatch: pytest.Monkey
     finally:
         a.close()
         b.close()
+
+
+def test_exec_filename_names_the_code_in_tracebacks(client: RunnerClient) -> None:
+    r = client.exec("def f():\n    return 1 / 0\n", filename="/work/cell.py")
+    assert r.status == "ok"
+    r = client.exec("f()", filename="cell-2")
+    tb = r.error["traceback"]
+    assert 'File "cell-2", line 1, in <module>\n    f()\n' in tb, tb
+    # The lines come from the code sent, not from a file of that name on disk.
+    assert 'File "/work/cell.py", line 2, in f\n    return 1 / 0\n' in tb, tb
+    assert client.eval("f.__code__.co_filename").value == "/work/cell.py"
+    # Without it (or empty) the runner names the code itself.
+    assert 'File "<exec-' in client.exec("1 / 0", filename="").error["traceback"]
+    assert 'File "<exec-' in client.exec("1 / 0").error["traceback"]

@@ -180,10 +180,13 @@ class Runner:
         *,
         stdin: str | None = None,
         variables: Mapping[str, Any] | None = None,
+        filename: str | None = None,
     ) -> ExecResult:
         """Run ``code`` in the runner's namespace and return its :class:`ExecResult`.
 
-        ``variables`` are bound in the namespace first (plain msgpack data). ``stdin`` is
+        ``variables`` are bound in the namespace first (plain msgpack data). ``filename``
+        is the name tracebacks show for the code (default ``<exec-N>``); its lines come
+        from ``code``, not from a file. ``stdin`` is
         canned input; ``input()`` raises EOFError once it is used up, and at once without
         it: exec never waits for input (use :meth:`exec_stream` to answer interactively).
         An error in the code is a result with status "error", not an exception (call
@@ -200,7 +203,9 @@ class Runner:
         """
         # A plain coroutine, not the exec_stream context manager: at tens of microseconds
         # per round trip, the layers show.
-        op = await self._start("exec", code, variables, allow_stdin=False, stdin=stdin)
+        op = await self._start(
+            "exec", code, variables, allow_stdin=False, stdin=stdin, filename=filename
+        )
         await self._collect(op)
         return op.result
 
@@ -219,9 +224,15 @@ class Runner:
 
     @contextlib.asynccontextmanager
     async def exec_stream(
-        self, code: str, *, variables: Mapping[str, Any] | None = None
+        self,
+        code: str,
+        *,
+        variables: Mapping[str, Any] | None = None,
+        filename: str | None = None,
     ) -> AsyncIterator[Operation]:
         """Run ``code`` with live output and interactive input; yields an :class:`Operation`.
+
+        ``variables`` and ``filename`` are as for :meth:`exec`.
 
         Iterate the operation for :class:`Output` and :class:`InputRequest` events (one
         task at a time: a second gets trio.BusyResourceError); answer input requests with
@@ -237,7 +248,7 @@ class Runner:
         the completion, and the runner is killed if none comes (then leaving the block
         normally raises RunnerDied).
         """
-        op = await self._start("exec", code, variables, allow_stdin=True)
+        op = await self._start("exec", code, variables, allow_stdin=True, filename=filename)
         try:
             try:
                 yield op
@@ -278,6 +289,7 @@ class Runner:
         *,
         allow_stdin: bool = False,
         stdin: str | None = None,
+        filename: str | None = None,
     ) -> Operation:
         """Wait for our turn, register the op and send its request; return it running.
 
@@ -308,7 +320,7 @@ class Runner:
             self._next_op += 1
             vars_ = dict(variables) if variables is not None else None
             if kind == "exec":
-                msg: Message = Exec(op_id, text, allow_stdin, stdin, vars_)
+                msg: Message = Exec(op_id, text, allow_stdin, stdin, vars_, filename or None)
             else:
                 msg = Eval(op_id, text, vars_)
             op = Operation(

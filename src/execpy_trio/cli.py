@@ -105,13 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.code is not None:
         code = args.code
         args.argv = ["-c", *program]
-        args.file = None
+        # As python3 names them: tracebacks say <string>; there is no __file__.
+        args.filename, args.file = "<string>", None
     elif not program:
         run.error("give FILE, - (the code on stdin) or -c CODE")
     elif program[0] == "-":
         code = sys.stdin.read()
         args.argv = program
-        args.file = None
+        args.filename = args.file = "<stdin>"
     else:
         try:
             with open(program[0], encoding="utf-8") as f:
@@ -120,7 +121,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"execpy: cannot read {program[0]!r}: {exc.strerror or exc}", file=sys.stderr)
             return EXIT_FAILURE
         args.argv = program
-        args.file = program[0]
+        # python3 (3.9 and later) makes the script's path absolute, in __file__ and in
+        # tracebacks; sys.argv[0] stays as typed.
+        args.filename = args.file = os.path.abspath(program[0])
     if args.trace:
         logging.basicConfig(stream=sys.stderr, format="execpy: %(name)s: %(message)s")
         logging.getLogger("execpy_trio.frames").setLevel(logging.DEBUG)
@@ -176,8 +179,7 @@ async def _run(code: str, args: argparse.Namespace) -> int:
                 "del _execpy_sys, _execpy_argv",
                 variables={"_execpy_argv": args.argv},
             )
-            variables = {"__file__": args.file} if args.file is not None else None
-            result = await _stream(runner, code, variables, state)
+            result = await _stream(runner, code, args, state)
     except BrokenPipeError:
         # Our stdout was closed (``| head``): end quietly, as a well-behaved filter does.
         with contextlib.suppress(OSError):
@@ -220,7 +222,7 @@ class _CliState:
 
 
 async def _stream(
-    runner: Runner, code: str, variables: dict[str, Any] | None, state: _CliState
+    runner: Runner, code: str, args: argparse.Namespace, state: _CliState
 ) -> ExecResult:
     import trio
 
@@ -231,7 +233,10 @@ async def _stream(
     stdin = _StdinLines()
     try:
         async with trio.open_nursery() as nursery:
-            async with runner.exec_stream(code, variables=variables) as op:
+            variables = {"__file__": args.file} if args.file is not None else None
+            async with runner.exec_stream(
+                code, variables=variables, filename=args.filename
+            ) as op:
 
                 async def on_interrupt() -> None:
                     # First Ctrl-C: interrupt the code; second: kill the runner.

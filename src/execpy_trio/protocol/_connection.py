@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from typing import Any
 
 #: The protocol version this package implements.
-PROTOCOL_VERSION = (1, 0)
+PROTOCOL_VERSION = (1, 1)
 
 
 _OTHER = {CLIENT: RUNNER, RUNNER: CLIENT}

@@ -424,7 +424,7 @@ class Welcome(Message):
 class Exec(Message):
     """Run ``code`` in the runner's namespace."""
 
-    __slots__ = ("op", "code", "allow_stdin", "stdin", "variables")
+    __slots__ = ("op", "code", "allow_stdin", "stdin", "variables", "filename")
     KIND = "exec"
     SENDER = CLIENT
     OP_SCOPED = True
@@ -434,12 +434,15 @@ class Exec(Message):
         ("allow_stdin", _is_bool, False),
         ("stdin", _is_opt_str, None),
         ("variables", _is_opt_str_map, None),
+        # Since 1.1; a 1.0 runner ignores it (unknown fields are ignored).
+        ("filename", _is_opt_str, None),
     )
     op: int
     code: str
     allow_stdin: bool
     stdin: str | None
     variables: dict[str, Any] | None
+    filename: str | None
 
     def __init__(
         self,
@@ -448,12 +451,14 @@ class Exec(Message):
         allow_stdin: bool = False,
         stdin: str | None = None,
         variables: dict[str, Any] | None = None,
+        filename: str | None = None,
     ) -> None:
         _set(self, "op", op)
         _set(self, "code", code)
         _set(self, "allow_stdin", allow_stdin)
         _set(self, "stdin", stdin)
         _set(self, "variables", variables)
+        _set(self, "filename", filename)
 
 
 class Eval(Message):

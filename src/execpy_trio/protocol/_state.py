@@ -84,7 +84,9 @@ for _state in _LIVE:
     CONNECTION_TRANSITIONS[(_state, RUNNER, "pong")] = (_state, None)
     for _role in (CLIENT, RUNNER):
         CONNECTION_TRANSITIONS[(_state, _role, ERROR_NOTICE)] = (_state, None)
-for _state in (IDLE, BUSY):
+for _state in _LIVE:
+    # CLOSING too (since 1.1): a keep-alive pinger may race the shutdown. A ping sent
+    # after shutdown may go unanswered: the runner closes once the op's done is out.
     CONNECTION_TRANSITIONS[(_state, CLIENT, "ping")] = (_state, None)
 for _state in (AWAIT_HELLO, AWAIT_WELCOME, *_LIVE):
     for _role in (CLIENT, RUNNER):

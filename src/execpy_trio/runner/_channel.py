@@ -83,6 +83,7 @@ class Channel:
         #: Called (by a writer, holding ``write_lock``) when a full control queue has
         #: been written out: the I/O thread waits for it before it reads again.
         self.on_control_room: Callable[[], None] | None = None
+        self._room_wanted = False
         self._readable = _poll()
         self._readable.register(rfd, _POLLIN)
         self._writable = _poll()
@@ -124,13 +125,20 @@ class Channel:
             finally:
                 self.write_lock.release()
 
-    @property
     def control_full(self) -> bool:
-        """True while the I/O thread must not read: its replies are not being written."""
-        return len(self._control) >= CONTROL_MAX
+        """True if the I/O thread must stop reading: its replies are not being written.
+
+        Then ``on_control_room`` is called once the queue has been written out.
+        """
+        # The flag first, then the check: a writer that empties the queue in between
+        # sees the flag and calls back (at worst once too often, never once too few).
+        self._room_wanted = True
+        if len(self._control) >= CONTROL_MAX:
+            return True
+        self._room_wanted = False
+        return False
 
     def _flush_control(self) -> None:
-        was_full = len(self._control) >= CONTROL_MAX
         while self._control:
             msg = self._control.pop(0)
             try:
@@ -138,8 +146,10 @@ class Channel:
             except LocalProtocolError as exc:
                 # E.g. a pong after the connection failed: nothing to tell the peer.
                 self.diag(f"dropped {msg.KIND!r} frame: {exc}")
-        if was_full and self.on_control_room is not None:
-            self.on_control_room()
+        if self._room_wanted:
+            self._room_wanted = False
+            if self.on_control_room is not None:
+                self.on_control_room()
 
     def _send_locked(self, msg: Message) -> None:
         if self.broken:

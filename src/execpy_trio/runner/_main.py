@@ -615,7 +615,7 @@ class Runner:
                 ns.update(msg.variables)
             if isinstance(msg, Exec):
                 is_exec = True
-                head, expr = ex.compile_code("exec", msg.code, f"<exec-{msg.op}>")
+                head, expr = ex.compile_code("exec", msg.code, msg.filename or f"<exec-{msg.op}>")
             else:
                 is_exec = False
                 head, expr = ex.compile_code("eval", msg.expr, f"<eval-{msg.op}>")
@@ -748,7 +748,7 @@ class Runner:
             if chan.reader_is_io:
                 pending = self.cancel_requested and not self.interrupt_delivered
                 # With replies piling up unwritten, read nothing more (backpressure).
-                blocked = self._io_backlog or chan.control_full
+                blocked = self._io_backlog or chan.control_full()
                 ready = (idle if blocked else busy).poll(
                     REDELIVER_MS if pending else dormant_timeout
                 )
@@ -759,7 +759,7 @@ class Runner:
             for fd, _ev in ready:
                 if fd == self._wake_r:
                     _read(self._wake_r, 4096)
-                    if self._io_backlog and chan.reader_is_io and not chan.control_full:
+                    if self._io_backlog and chan.reader_is_io and not chan.control_full():
                         self._io_read(buffered_only=True)
                 elif fd == self._pidfd:
                     self.parent_died()
@@ -775,6 +775,8 @@ class Runner:
             with handoff:
                 if chan.reader_is_io:
                     if not self._op_active:
+                        # What is left in the decoder is the main thread's to read now.
+                        self._io_backlog = False
                         chan.reader_is_io = False
                         chan.read_lock.release()
                 elif self._op_active:
@@ -806,7 +808,7 @@ class Runner:
             if not buffered_only:
                 chan.fill_if_readable()
             while True:
-                if chan.control_full:
+                if chan.control_full():
                     self._io_backlog = True
                     return
                 ev = chan.next_buffered()
