@@ -133,6 +133,17 @@ VALID: list[tuple[str, Message, str]] = [
         Exec(300, "print('" + "x" * 40 + "')"),
         "Op id 300 needs a uint16 (0xcd); a 49-byte string needs str8 (0xd9).",
     ),
+    (
+        "exec-filename",
+        Exec(4, "main()", filename="/home/ana/prog.py"),
+        "Since 1.1: the name tracebacks show for the code. A 1.0 runner ignores it as an "
+        "unknown field.",
+    ),
+    (
+        "hello-1-1",
+        Hello((1, 1), "execpy-trio", "0.2.0", DEFAULT_MAX_FRAME),
+        "A hello of protocol 1.1.",
+    ),
     ("eval", Eval(2, "[x, name]"), "Minimal eval."),
     (
         "eval-variables",
@@ -441,7 +452,28 @@ INVALID: list[tuple[str, bytes, str, str]] = [
         _BAD,
         "An error needs a str code.",
     ),
+    (
+        "nested-1025",
+        raw(b"\x83\xa4kind\xa4ping\xa5token\x07\xa5extra" + b"\x91" * 1024 + b"\xc0"),
+        _FRAME,
+        "Since 1.1: the message map and 1024 arrays, 1025 levels, over the nesting limit "
+        "(section 3.2), even in a field the receiver would ignore.",
+    ),
+    (
+        "too-many-objects",
+        raw(mp({"kind": "exec", "op": 1, "code": "", "variables": {"v": [None] * 4096}})),
+        _FRAME,
+        "Since 1.1: 4,104 msgpack objects in a 4,137-byte body, over the 4,096 a receiver "
+        "whose limit is 65536 bytes accepts (one per 16 bytes of max_frame, section 3.3).",
+    ),
 ]
+
+#: Vectors that protocol 1.0 did not have (an absent ``since`` means 1.0).
+SINCE_1_1 = frozenset({"exec-filename", "hello-1-1", "nested-1025", "too-many-objects"})
+
+
+def _since(name: str) -> dict[str, list[int]]:
+    return {"since": [1, 1]} if name in SINCE_1_1 else {}
 
 
 def build() -> str:
@@ -456,6 +488,7 @@ def build() -> str:
                 "message": to_json(msgpack.unpackb(data[4:], raw=False)),
                 "receive_only": False,
                 "notes": notes,
+                **_since(name),
             }
         )
     for name, data, notes in RECEIVE_ONLY:
@@ -466,6 +499,7 @@ def build() -> str:
                 "message": to_json(msgpack.unpackb(data[4:], raw=False)),
                 "receive_only": True,
                 "notes": notes,
+                **_since(name),
             }
         )
     invalid = [
@@ -475,11 +509,12 @@ def build() -> str:
             "max_frame": HANDSHAKE_MAX_FRAME,
             "error_code": code,
             "notes": notes,
+            **_since(name),
         }
         for name, data, code, notes in INVALID
     ]
     doc = {
-        "protocol_version": [1, 0],
+        "protocol_version": [1, 1],
         "format": "see README.md in this directory",
         "valid": vectors,
         "invalid": invalid,
