@@ -984,3 +984,30 @@ def test_send_pieces_is_send_split_around_the_output_payload(size: int) -> None:
         with pytest.raises(LocalProtocolError):
             send(Output(1, "stdout", b"late"))
         assert shared(conn) == before
+
+
+def test_ping_after_shutdown_is_allowed_since_1_1_but_not_sent_to_a_1_0_runner() -> None:
+    from execpy_trio.protocol import Ping, Pong, Shutdown
+
+    for minor, allowed in ((1, True), (0, False)):
+        client, runner = Connection(CLIENT), Connection(RUNNER)
+        runner.receive_data(client.send(Hello((1, 1), "c", "1", DEFAULT_MAX_FRAME)))
+        runner.next_event()
+        client.receive_data(
+            runner.send(Welcome((1, minor), "r", "1", "python", "3", 1, DEFAULT_MAX_FRAME))
+        )
+        client.next_event()
+        runner.receive_data(client.send(Exec(1, "x")))
+        runner.next_event()
+        runner.receive_data(client.send(Shutdown()))
+        runner.next_event()
+        if allowed:
+            runner.receive_data(client.send(Ping(5)))
+            assert runner.next_event() == Ping(5)
+            client.receive_data(runner.send(Pong(5)))
+            assert client.next_event() == Pong(5)
+            assert client.state == runner.state == "CLOSING"
+        else:
+            with pytest.raises(LocalProtocolError, match="speaks protocol 1.0"):
+                client.send(Ping(5))
+            assert client.state == "CLOSING"

@@ -363,3 +363,17 @@ def test_a_frame_that_expands_past_the_object_budget_is_a_bad_frame(while_busy: 
         assert fatal["kind"] == "error" and fatal["fatal"] and fatal["code"] == "bad-frame"
         assert "expands to more than 1048576 objects" in fatal["message"], fatal
         assert client.wait(10) == EXIT_PROTOCOL
+
+
+def test_nesting_512_levels_is_accepted_and_over_1024_is_a_bad_frame() -> None:
+    from execpy_trio.protocol import Pong
+    from execpy_trio.runner import EXIT_PROTOCOL
+
+    head = b"\x83\xa4kind\xa4ping\xa5token\x07\xa5extra"
+    with RunnerClient() as client:
+        client.send_raw(frame(head + b"\x91" * 511 + b"\xc0"))  # 512 levels with the map
+        assert client.recv() == Pong(7)
+        client.send_raw(frame(head + b"\x91" * 1024 + b"\xc0"))  # 1025
+        fatal = client.recv_raw_values()[-1]
+        assert fatal["code"] == "bad-frame" and "deeper than 1024 levels" in fatal["message"]
+        assert client.wait() == EXIT_PROTOCOL

@@ -38,6 +38,7 @@ from ._messages import (
     Hello,
     Message,
     Output,
+    Ping,
     UnknownMessage,
     Welcome,
     checked_wire,
@@ -187,6 +188,12 @@ class Connection:
             # Before any state change: a frame too large raises here.
             data: bytes | tuple[bytes, bytes] = self._encode_output(msg)
         else:
+            if cls is Ping and self.state == S.CLOSING and self._peer_minor() < 1:
+                raise LocalProtocolError(
+                    "the runner speaks protocol 1.0, where a 'ping' after 'shutdown' is "
+                    "fatal (allowed since 1.1); wait for the op's done instead",
+                    error_code="unexpected-message",
+                )
             data = self._encode_wire(msg, checked_wire(msg))
         try:
             self._apply(msg, self.our_role)
@@ -489,6 +496,10 @@ class Connection:
                 f"{MIN_MAX_FRAME} and {ABSOLUTE_MAX_FRAME}",
                 error_code="bad-message",
             )
+
+    def _peer_minor(self) -> int:
+        peer = self.peer_hello if self.our_role == RUNNER else self.peer_welcome
+        return peer.version[1] if peer is not None else 0
 
     def _handshake_step(self, msg: Hello | Welcome, sender: str) -> None:
         if sender == self.their_role:
