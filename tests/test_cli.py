@@ -340,3 +340,15 @@ def test_trace_logs_the_runners_frames_too() -> None:
     assert p.returncode == 0
     assert "execpy_trio.frames: send Hello" in p.stderr  # ours
     assert "execpy-runner[" in p.stderr and "recv Hello" in p.stderr  # the runner's
+
+
+def test_os_exit_sends_what_was_written_first() -> None:
+    p = execpy("run", "-c", "import os\nprint('bye', flush=True)\nos.write(1, b'raw\\n')\nos._exit(3)")
+    assert (p.returncode, p.stdout, p.stderr) == (3, "bye\nraw\n", "")
+    # A forked child's os._exit ends only the child.
+    code = (
+        "import os\npid = os.fork()\nif pid == 0:\n    os._exit(7)\n"
+        "print(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))"
+    )
+    p = execpy("run", "-c", code)
+    assert (p.returncode, p.stdout) == (0, "7\n")

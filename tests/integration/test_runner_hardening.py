@@ -377,3 +377,32 @@ def test_nesting_512_levels_is_accepted_and_over_1024_is_a_bad_frame() -> None:
         fatal = client.recv_raw_values()[-1]
         assert fatal["code"] == "bad-frame" and "deeper than 1024 levels" in fatal["message"]
         assert client.wait() == EXIT_PROTOCOL
+
+
+def test_os_exit_in_user_code_still_ends_what_it_started() -> None:
+    client = RunnerClient()
+    pids: list[int] = []
+    try:
+        pids = _start_escapers(client)
+        client.send(__import__("execpy_trio.protocol", fromlist=["Exec"]).Exec(2, "import os; os._exit(4)"))
+        client.next_op = 3
+        assert client.wait(10) == 4
+        for pid in pids:
+            assert wait_gone(pid, 5), f"process {pid} outlived the runner's os._exit"
+    finally:
+        client.close()
+        _kill(pids)
+
+
+def test_a_users_sigint_handler_lasts_only_for_its_op() -> None:
+    with RunnerClient() as client:
+        r = client.exec("import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n")
+        assert r.status == "ok"
+        # The next op can still be cancelled: the runner's own handler is back.
+        op = client.start_exec("import time\ntime.sleep(30)")
+        time.sleep(0.3)
+        from execpy_trio.protocol import Cancel
+
+        client.send(Cancel(op))
+        r = client.collect(op, timeout=10)
+        assert r.status == "cancelled", (r.done, client.diag())

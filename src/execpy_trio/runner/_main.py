@@ -42,6 +42,7 @@ import os
 import sys
 
 # Bound at import, never looked up at call time: user code may replace or delete them.
+from operator import index as _index
 from os import _exit
 from os import getppid as _getppid
 from os import kill as _kill
@@ -101,6 +102,9 @@ if TYPE_CHECKING:
     from typing import Any, NoReturn
 else:
     import _signal  # not `signal`: that imports enum, ~2 ms of start-up for nothing
+
+_getsignal = _signal.getsignal
+_SIGINT = _signal.SIGINT
 
 CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture")
 DEFAULT_HELLO_TIMEOUT = 10.0
@@ -245,8 +249,12 @@ class Runner:
         self.channel = Channel(rfd, wfd, self.conn, self.diag)
         self.channel.read_lock.acquire()  # the main thread reads until an op starts
 
-        _signal.signal(_signal.SIGINT, self._on_sigint)
+        #: One bound method, so that "is it still ours?" is an identity check.
+        self._sigint_handler = self._on_sigint
+        _signal.signal(_SIGINT, self._sigint_handler)
         os.register_at_fork(after_in_child=self._after_fork_in_child)
+        # User code's os._exit ends the runner: what the code started must end with it.
+        os._exit = self._user_os_exit
 
         from ._capture import Capture
         from ._execute import Executor
@@ -302,6 +310,21 @@ class Runner:
             self.kill_descendants()
         finally:
             _exit(code)
+
+    def _user_os_exit(self, status: int) -> NoReturn:
+        """``os._exit`` as user code sees it: the process ends at once, as Python's does,
+        but first what the op wrote to fds 1 and 2 is sent and the descendants end."""
+        status = _index(status)  # a TypeError for a non-int, as os._exit gives
+        if (
+            not self.forked
+            and self.running_op is not None
+            and _thread.get_ident() == self.main_ident
+        ):
+            try:
+                self.capture.finish(self.running_op)
+            except BaseException:  # the exit must happen whatever the capture does
+                pass
+        self.exit(status)
 
     def internal_error(self, exc: BaseException) -> NoReturn:
         try:
@@ -572,6 +595,10 @@ class Runner:
 
         self.phase = FINISHING
         self.capture.finish(op)
+        if _getsignal(_SIGINT) is not self._sigint_handler:
+            # User code set its own (or ignored SIGINT): it lasts for its op only, or no
+            # later op could be cancelled.
+            _signal.signal(_SIGINT, self._sigint_handler)
         if with_input:
             self.input.finish()
         self.input.repair()
