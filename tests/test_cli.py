@@ -343,7 +343,8 @@ def test_trace_logs_the_runners_frames_too() -> None:
 
 
 def test_os_exit_sends_what_was_written_first() -> None:
-    p = execpy("run", "-c", "import os\nprint('bye', flush=True)\nos.write(1, b'raw\\n')\nos._exit(3)")
+    code = "import os\nprint('bye', flush=True)\nos.write(1, b'raw\\n')\nos._exit(3)"
+    p = execpy("run", "-c", code)
     assert (p.returncode, p.stdout, p.stderr) == (3, "bye\nraw\n", "")
     # A forked child's os._exit ends only the child.
     code = (

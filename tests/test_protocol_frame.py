@@ -321,8 +321,10 @@ def test_a_frame_cannot_expand_past_its_object_budget(body: bytes) -> None:
 
     peak = _peak_while(decode)
     assert raised[0].error_code == "bad-frame"
-    assert "it expands to more than 1048576 objects, the limit for a receiver whose " \
+    assert (
+        "it expands to more than 1048576 objects, the limit for a receiver whose "
         "max_frame is 16777216 bytes" in str(raised[0])
+    )
     assert peak < 100 * MIB, f"decoding took {peak / MIB:.0f} MiB on the way to refusing"
 
 

@@ -1008,6 +1008,6 @@ def test_ping_after_shutdown_is_allowed_since_1_1_but_not_sent_to_a_1_0_runner()
             assert client.next_event() == Pong(5)
             assert client.state == runner.state == "CLOSING"
         else:
-            with pytest.raises(LocalProtocolError, match="speaks protocol 1.0"):
+            with pytest.raises(LocalProtocolError, match=r"speaks protocol 1\.0"):
                 client.send(Ping(5))
             assert client.state == "CLOSING"

@@ -234,9 +234,7 @@ async def _stream(
     try:
         async with trio.open_nursery() as nursery:
             variables = {"__file__": args.file} if args.file is not None else None
-            async with runner.exec_stream(
-                code, variables=variables, filename=args.filename
-            ) as op:
+            async with runner.exec_stream(code, variables=variables, filename=args.filename) as op:
 
                 async def on_interrupt() -> None:
                     # First Ctrl-C: interrupt the code; second: kill the runner.

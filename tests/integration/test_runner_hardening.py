@@ -384,8 +384,7 @@ def test_os_exit_in_user_code_still_ends_what_it_started() -> None:
     pids: list[int] = []
     try:
         pids = _start_escapers(client)
-        client.send(__import__("execpy_trio.protocol", fromlist=["Exec"]).Exec(2, "import os; os._exit(4)"))
-        client.next_op = 3
+        client.start_exec("import os; os._exit(4)")
         assert client.wait(10) == 4
         for pid in pids:
             assert wait_gone(pid, 5), f"process {pid} outlived the runner's os._exit"

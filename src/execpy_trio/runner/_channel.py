@@ -44,7 +44,6 @@ from time import monotonic as _monotonic
 from execpy_trio.protocol import (
     NEED_DATA,
     Connection,
-    ConnectionClosed,
     LocalProtocolError,
     Message,
 )
