@@ -631,7 +631,7 @@ class Model:
                 self.rejecting.add(op)
             return True
         if kind == "ping":
-            return state != S.CLOSING
+            return True  # CLOSING too, since 1.1
         if kind == "pong":
             return True
         if kind == "shutdown":
