@@ -3,6 +3,7 @@ deadline around the runner itself, death from outside, the capped result."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import signal
@@ -256,3 +257,47 @@ async def test_an_eval_value_over_the_clients_object_budget_is_an_error_not_a_lo
             assert info.value.result.error.type == "TypeError"
             assert "more than 1048576 objects" in str(info.value)
             assert await runner.eval("len([[]] * 1_100_000)") == 1_100_000
+
+
+# -- nothing outlives a killed runner -------------------------------------------------------
+
+ESCAPE = """\
+import os, subprocess, sys
+loner = subprocess.Popen(['sleep', '100'], start_new_session=True)
+grand = subprocess.run(
+    [sys.executable, '-c',
+     'import os, subprocess; os.setsid(); '
+     'd = subprocess.DEVNULL; print(subprocess.Popen(["sleep", "100"], stdout=d, stderr=d).pid)'],
+    capture_output=True, text=True, check=True,
+).stdout
+print(loner.pid, grand.strip())
+"""
+
+
+@pytest.mark.parametrize("how", ["kill", "cancel-grace"])
+async def test_what_the_code_started_ends_when_the_client_kills_the_runner(how: str) -> None:
+    import psutil
+
+    async with ex.open_runner(cancel_grace=0.5) as runner:
+        with trio.fail_after(HANG):
+            r = await runner.exec(ESCAPE)
+            pids = [int(p) for p in r.stdout.split()]
+            assert len(pids) == 2 and all(psutil.pid_exists(p) for p in pids)
+            try:
+                if how == "kill":
+                    await runner.kill("test")
+                else:
+                    # Code that ignores the cancel: the client kills it after the grace.
+                    code = "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
+                    with trio.move_on_after(0.5):
+                        await runner.exec(code + "time.sleep(100)")
+                await runner.wait_closed()
+                for pid in pids:
+                    with trio.move_on_after(5):
+                        while psutil.pid_exists(pid):  # noqa: ASYNC110
+                            await trio.sleep(0.01)
+                    assert not psutil.pid_exists(pid), f"process {pid} outlived the runner"
+            finally:
+                for pid in pids:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)

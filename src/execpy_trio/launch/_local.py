@@ -209,8 +209,26 @@ class LocalProcessHandle(RunnerHandle):
     def kill(self) -> None:
         if self._reaping:
             return  # it has exited: its group was killed then; the ids may be reused now
+        self._kill_descendants()
         self._signal_leader(signal.SIGKILL)
         self._kill_group()  # the unreaped leader pins the group id
+
+    def _kill_descendants(self) -> None:
+        # What user code started in sessions of its own is out of the group's reach, and
+        # once the runner is dead it is adopted by init and out of anyone's. So first
+        # stop the runner (it starts nothing more), then kill its process tree while the
+        # runner, as their subreaper, still collects the orphans of the processes killed:
+        # a second look finds those. Bounded: a few passes over /proc.
+        from ..runner._children import descendants
+
+        self._signal_leader(signal.SIGSTOP)
+        for _ in range(3):
+            pids = descendants(self.process.pid)
+            if not pids:
+                return
+            for pid in pids:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
 
     async def _exited_within(self, limit: float) -> bool:
         if limit > 0:

@@ -102,8 +102,9 @@ def group_members(leader: int) -> list[int]:
     return [pid for pid, _ppid, pgrp in _processes() if pgrp == leader and pid != leader]
 
 
-def _descendants(root: int, group: int | None) -> list[int]:
-    """Every descendant of ``root`` (zombies too), and every process in ``group``."""
+def descendants(root: int, group: int | None = None) -> list[int]:
+    """Every descendant of ``root`` (zombies too), and every process in ``group``, from
+    one pass over /proc. The client's launcher uses it too, on a runner it kills."""
     children: dict[int, list[int]] = {}
     found: list[int] = []
     for pid, ppid, pgrp in _processes():
@@ -128,7 +129,7 @@ def kill_descendants(root: int, group: int | None, bound: float = 1.0) -> None:
     """
     deadline = _monotonic() + bound
     while _has_children():
-        pids = _descendants(root, group)
+        pids = descendants(root, group)
         if not pids:
             return
         for pid in pids:
