@@ -328,6 +328,21 @@ def test_a_frame_cannot_expand_past_its_object_budget(body: bytes) -> None:
     assert peak < 100 * MIB, f"decoding took {peak / MIB:.0f} MiB on the way to refusing"
 
 
+@pytest.mark.parametrize("pad", [0, 100])
+def test_the_budget_counts_short_bodies_too(pad: int) -> None:
+    # About 8,100 counts in about 4,100 bytes (an empty list is an element and a list):
+    # refused at a budget of 4,096 whatever the padding, so a sender cannot tell.
+    decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+    decoder.feed(framed({"kind": "ping", "token": 1, "x": [[]] * 4056, "pad": "p" * pad}))
+    with pytest.raises(RemoteProtocolError, match="more than 4096 objects"):
+        decoder.next_value()
+
+
+def test_a_decoder_below_the_smallest_frame_limit_is_refused() -> None:
+    with pytest.raises(ValueError, match="at least 65536"):
+        FrameDecoder(1024)
+
+
 def test_a_frame_within_its_object_budget_is_accepted() -> None:
     decoder = FrameDecoder(16 * MIB)
     values = list(range(1_000_000))

@@ -6,6 +6,7 @@ client in tests/runner_client.py; every receive there has a timeout.
 
 from __future__ import annotations
 
+import pathlib
 import subprocess
 import sys
 import time
@@ -471,3 +472,17 @@ def test_exec_filename_names_the_code_in_tracebacks(client: RunnerClient) -> Non
     # Without it (or empty) the runner names the code itself.
     assert 'File "<exec-' in client.exec("1 / 0", filename="").error["traceback"]
     assert 'File "<exec-' in client.exec("1 / 0").error["traceback"]
+
+
+def test_exec_filename_never_reads_the_file_of_that_name(
+    client: RunnerClient, tmp_path: pathlib.Path
+) -> None:
+    disk = tmp_path / "cell.py"
+    disk.write_text("# line 1 on disk\n# line 2 on disk\n")
+    assert client.exec("def f():\n    return 1 / 0\n", filename=str(disk)).status == "ok"
+    # The same name again, for code that defines nothing: its source replaces the
+    # first, and nothing falls back to the file on disk.
+    assert client.exec("x = 1\ny = 2\n", filename=str(disk)).status == "ok"
+    tb = client.exec("f()").error["traceback"]
+    assert f'File "{disk}", line 2, in f\n    y = 2\n' in tb, tb
+    assert "on disk" not in tb

@@ -405,3 +405,51 @@ def test_a_users_sigint_handler_lasts_only_for_its_op() -> None:
         client.send(Cancel(op))
         r = client.collect(op, timeout=10)
         assert r.status == "cancelled", (r.done, client.diag())
+
+
+def test_os_exit_with_a_status_out_of_range_raises_like_python() -> None:
+    with RunnerClient() as client:
+        r = client.exec("import os\nos._exit(2**31)\n")
+        assert (r.status, r.error["type"]) == ("error", "OverflowError"), r.done
+        assert "does not fit in a C int" in r.error["message"]
+        # Nothing was drained or killed on the way: the runner goes on, and exits cleanly.
+        assert client.exec("print('still here')").stdout == b"still here\n"
+        from execpy_trio.protocol import Shutdown
+
+        client.send(Shutdown())
+        assert client.wait(10) == EXIT_OK
+
+
+SIGINT_HANDLER_THEN_BLOCKED_OUTPUT = r"""
+import signal, os, time
+signal.signal(signal.SIGINT, signal.default_int_handler)
+try:
+    time.sleep(30)
+except KeyboardInterrupt:
+    pass
+os.set_blocking(1, False)
+while True:
+    try:
+        os.write(1, b"y" * 4096)
+    except BlockingIOError:
+        break
+    except KeyboardInterrupt:
+        pass
+"""
+
+
+def test_a_users_sigint_handler_never_runs_in_the_runners_own_code() -> None:
+    from execpy_trio.protocol import Cancel
+
+    with RunnerClient() as client:
+        # The code takes the cancel with its own handler, then fills the output pipe and
+        # ends while the client does not read: the runner waits in its own code to send
+        # the output, where a redelivered interrupt must not reach the user's handler.
+        op = client.start_exec(SIGINT_HANDLER_THEN_BLOCKED_OUTPUT)
+        time.sleep(0.5)
+        client.send(Cancel(op))
+        time.sleep(1.0)
+        r = client.collect(op, timeout=10)
+        assert r.status == "ok", (r.done, client.diag())
+        assert client.proc.poll() is None
+        assert client.exec("1").value == "1"

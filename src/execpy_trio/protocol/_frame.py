@@ -62,9 +62,13 @@ def pack_body(value: Any) -> bytes:
 def max_objects(max_frame: int) -> int:
     """How many msgpack objects a frame may expand to, for a receiver's ``max_frame``.
 
-    Every element of an array, every key and every value of a map, and every container
-    counts one. At the default 16 MiB that is 1,048,576 objects, at most about 70 MiB of
-    Python objects, where an unbounded frame of empty lists would cost 1.1 GiB.
+    Each array element, each map key and each map value counts one, and each array and
+    map one more (itself, the body's map included): an empty list is counted as it is
+    built, so a frame of them is refused early. A byte is at most two counts (an empty
+    container in a container), so a body of up to half the budget in bytes is always
+    within it and is decoded without counting. At the default 16 MiB the budget is
+    1,048,576, at most about 70 MiB of Python objects, where an unbounded frame of empty
+    lists would cost 1.1 GiB.
     """
     return max_frame // BYTES_PER_OBJECT
 
@@ -72,25 +76,35 @@ def max_objects(max_frame: int) -> int:
 def unpack_body(body: bytes | bytearray | memoryview, max_frame: int | None = None) -> Any:
     """Decode exactly one msgpack value, or raise RemoteProtocolError (``bad-frame``).
 
-    ``max_frame`` is the receiver's frame limit; the body may hold ``max_objects`` of it
-    (by default: of the body's own length, which no body can exceed).
+    ``max_frame`` is the receiver's frame limit; the body may hold ``max_objects`` of it.
+    Without it, no budget applies beyond the body's length.
     """
     # msgpack >= 1.0 defaults: raw=False (str is str), use_list=True, strict_map_key=True
     # (map keys are str or bytes); passing them again costs time on every frame.
     try:
-        if max_frame is not None and len(body) > max_objects(max_frame):
+        if max_frame is not None and len(body) * 2 > max_objects(max_frame):
             return _unpack_counted(body, max_objects(max_frame))
         return _unpackb(body, ext_hook=_refuse_ext)
     except Exception as exc:  # msgpack raises many unrelated types; all mean "bad frame"
         raise _bad_frame(exc, body, max_frame) from exc
 
 
-def undecodable_reason(body: bytes | bytearray | memoryview, max_frame: int) -> str | None:
-    """Why a receiver with ``max_frame`` would refuse ``body``, or None if it would not."""
+def undecodable_reason(
+    body: bytes | bytearray | memoryview, max_frame: int, reserve: int = 0
+) -> str | None:
+    """Why a receiver with ``max_frame`` would refuse ``body``, or None if it would not.
+
+    ``reserve``: objects kept back from the budget for the message ``body`` is to be a
+    field of (the rest of a done around an eval value).
+    """
+    limit = max_objects(max_frame) - reserve
     try:
-        unpack_body(body, max_frame)
-    except RemoteProtocolError as exc:
-        return _why(exc.__cause__, body, max_frame)  # type: ignore[arg-type]
+        if len(body) * 2 > limit:
+            _unpack_counted(body, limit)
+        else:
+            _unpackb(body, ext_hook=_refuse_ext)
+    except Exception as exc:
+        return _why(exc, body, max_frame)
     return None
 
 
@@ -147,7 +161,8 @@ def _bad_frame(
 
 def _why(exc: Exception, body: bytes | bytearray | memoryview, max_frame: int | None) -> str:
     limit = max_objects(max_frame if max_frame is not None else len(body))
-    if isinstance(exc, _OverBudget) or "exceeds max_" in str(exc):
+    over_length = "exceeds max_" in str(exc)
+    if isinstance(exc, _OverBudget) or (over_length and len(body) * 2 > limit):
         return (
             f"it expands to more than {limit} objects, the limit for a receiver whose "
             f"max_frame is {max_frame} bytes (one object per {BYTES_PER_OBJECT} bytes); "
@@ -165,7 +180,9 @@ def _why(exc: Exception, body: bytes | bytearray | memoryview, max_frame: int | 
     if isinstance(exc, UnicodeDecodeError):
         return f"a str is not valid UTF-8 ({exc.reason} at byte {exc.start} of the str)"
     text = str(exc)
-    if "incomplete input" in text:
+    if "incomplete input" in text or over_length:
+        # (A container announcing more elements than the body has bytes is refused
+        # before it is read: it cannot be complete.)
         return "it ends in the middle of a value"
     if "map key" in text:
         return f"a map key is not a str or bin ({text.split(' is not')[0]}); keys are strings"
@@ -199,6 +216,10 @@ class FrameDecoder:
         # An immutable chunk fed while nothing was buffered is decoded in place (no copy).
         self._chunk: bytes | None = None
         self._chunk_pos = 0
+        if max_frame < MIN_MAX_FRAME:
+            # The object budget relies on it: bodies of up to 2048 bytes are decoded
+            # without counting, which is safe only from a budget of 4096 up.
+            raise ValueError(f"max_frame must be at least {MIN_MAX_FRAME}, not {max_frame}")
         self.max_frame = max_frame
         #: Optional ``fast_path(buffer, start, stop)`` tried on bodies over 2 KiB before
         #: msgpack: it returns what to hand out for ``buffer[start:stop]`` (a value the

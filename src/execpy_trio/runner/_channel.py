@@ -16,7 +16,9 @@ thread saves a hand-off between threads on every request (measured ~20 us per ro
   :meth:`send_control`, which never waits for ``write_lock``: the frame is queued and
   written by whoever holds the lock when it releases it (each side re-checks the queue
   after its own step, so none is lost). The I/O thread therefore never blocks behind a
-  pump that is blocked on a slow reader, and a cancel is always seen. The queue holds at
+  pump that is blocked on a slow reader. (It can block in a write of its own, when it
+  finds the lock free and the peer reads nothing: then the peer's frames, a cancel among
+  them, wait behind the ones it does not read, as on any stream.) The queue holds at
   most ``CONTROL_MAX`` frames: when it is full the I/O thread stops reading (so a peer
   that sends pings but reads nothing meets backpressure, not a runner that grows without
   bound), and ``on_control_room`` wakes it when the queue has been written out.
@@ -90,17 +92,23 @@ class Channel:
 
     # -- writing --------------------------------------------------------------------------
 
-    def send(self, msg: Message) -> None:
+    def send(self, msg: Message, objects_checked: bool = False) -> None:
         """Encode and write one frame; blocks while the peer does not read.
 
-        Raises ChannelLost if the write fails, LocalProtocolError if ``msg`` is illegal now.
+        Raises ChannelLost if the write fails, LocalProtocolError if ``msg`` is illegal now
+        (``objects_checked``: see Connection.send_pieces).
         """
         # _send_locked, inline: this is every done's and every output chunk's path.
         with self.write_lock:
             if self.broken:
                 raise ChannelLost("the channel is closed")
-            with self.conn_lock:
-                pieces = self.conn.send_pieces(msg)
+            try:
+                with self.conn_lock:
+                    pieces = self.conn.send_pieces(msg, objects_checked)
+            except LocalProtocolError:
+                if self._control:  # queued meanwhile: still ours to write
+                    self._flush_control()
+                raise
             if len(pieces) == 1:
                 self.write_all(pieces[0])
             else:

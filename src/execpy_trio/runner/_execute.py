@@ -98,9 +98,13 @@ class Executor:
     # -- compiling ------------------------------------------------------------------------
 
     def compile_code(
-        self, mode: str, source: str, filename: str
+        self, mode: str, source: str, filename: str, named: bool = False
     ) -> tuple[CodeType | None, CodeType | None]:
         """Compile ``source`` in ``mode`` ("exec" or "eval") under ``filename``.
+
+        ``named``: the client chose the filename. Its source is then always kept (until
+        the name is used again): dropping it would let linecache read a file of that name
+        from disk for the tracebacks of code compiled under it earlier.
 
         Returns (code of the statements, code of a final expression); for "eval" the first
         is None and the second the expression. Raises what ``compile()`` raises.
@@ -113,8 +117,9 @@ class Executor:
         hit = cache.get(source)
         if hit is not None:
             head, expr = hit
-            # remember(filename, source, False), inline: this is the round trip's path.
-            self._temporary = filename
+            # remember(filename, source, named), inline: this is the round trip's path.
+            if not named:
+                self._temporary = filename
             if self._linecache is not None:
                 self._register(filename, source)
             else:
@@ -127,8 +132,10 @@ class Executor:
             head, expr = None, compile(source, filename, "eval", dont_inherit=True)
         else:
             head, expr = self._compile_statements(source, filename)
-        keep = (head is not None and _has_nested_code(head)) or (
-            expr is not None and _has_nested_code(expr)
+        keep = (
+            named
+            or (head is not None and _has_nested_code(head))
+            or (expr is not None and _has_nested_code(expr))
         )
         self.remember(filename, source, keep)
         if not keep and len(source) <= CACHE_MAX_SOURCE:

@@ -114,6 +114,10 @@ IO_TICK_MS = 2
 IO_DORMANT = 50
 #: How often an interrupt the main thread has not taken yet is sent again (ms).
 REDELIVER_MS = 100
+#: Objects of the client's budget kept for a done's own fields around an eval value.
+DONE_RESERVE = 16
+#: Cancels of one op closer together than this (s) signal its child processes once.
+INTERRUPT_COALESCE = 0.05
 #: After the channel is lost mid-op, how long the op has to unwind before a hard exit.
 LOST_GRACE = 1.0
 
@@ -208,6 +212,7 @@ class Runner:
         self.phase = IDLE
         self.deferred_interrupt = False
         self.cancel_requested = False
+        self._interrupted_at = 0.0
         self.interrupt_delivered = False
         self.shutdown_requested = False
         self.lost = False
@@ -315,6 +320,10 @@ class Runner:
         """``os._exit`` as user code sees it: the process ends at once, as Python's does,
         but first what the op wrote to fds 1 and 2 is sent and the descendants end."""
         status = _index(status)  # a TypeError for a non-int, as os._exit gives
+        if not -0x80000000 <= status <= 0x7FFFFFFF:
+            # Checked first, as os._exit does: it raises and the code goes on, with
+            # nothing drained or killed on the way.
+            raise OverflowError(f"os._exit() status {status} does not fit in a C int")
         if (
             not self.forked
             and self.running_op is not None
@@ -433,9 +442,21 @@ class Runner:
 
     def interrupt(self) -> None:
         """Cancel the running op (from the I/O thread)."""
+        if self.cancel_requested and not self.interrupt_delivered:
+            return  # the last one has not landed yet: the redelivery sees to it
         self.cancel_requested = True
-        _signal.pthread_kill(self.main_ident, _signal.SIGINT)
-        self.signal_children(_signal.SIGINT)
+        ours = _getsignal(_SIGINT) is self._sigint_handler
+        if ours or self.phase == RUNNING:
+            # A handler of the user's must not run in our code (PROTECTED, FINISHING):
+            # then the redelivery sends it once the code runs again.
+            _signal.pthread_kill(self.main_ident, _signal.SIGINT)
+            # The user's handler gets one SIGINT per cancel, as from one Ctrl-C.
+            self.interrupt_delivered = not ours
+        now = _monotonic()
+        if now - self._interrupted_at >= INTERRUPT_COALESCE:
+            # A flood of cancels walks /proc once per moment, not once per cancel.
+            self._interrupted_at = now
+            self.signal_children(_signal.SIGINT)
 
     def _redeliver_interrupt(self) -> None:
         # A SIGINT that arrives while the main thread ignores it (os.system() and
@@ -445,9 +466,12 @@ class Runner:
         # The children get it again too: one that was being spawned when the first came
         # (os.system() forks with SIGINT ignored until the child resets it) missed it, and
         # the main thread waits for that child.
-        if self.cancel_requested and not self.interrupt_delivered and self._op_active:
+        # Only while user code runs: a handler of the user's would raise in our code.
+        if self.cancel_requested and not self.interrupt_delivered and self.phase == RUNNING:
             _signal.pthread_kill(self.main_ident, _signal.SIGINT)
             self.signal_children(_signal.SIGINT)
+            if _getsignal(_SIGINT) is not self._sigint_handler:
+                self.interrupt_delivered = True  # once, for a handler of the user's
 
     def _send_input_request(self, msg: InputRequest, written: Callable[[], None]) -> None:
         if _thread.get_ident() != self.main_ident:
@@ -594,11 +618,12 @@ class Runner:
         status, value, error = self._execute(msg)
 
         self.phase = FINISHING
-        self.capture.finish(op)
         if _getsignal(_SIGINT) is not self._sigint_handler:
             # User code set its own (or ignored SIGINT): it lasts for its op only, or no
-            # later op could be cancelled.
+            # later op could be cancelled. Put back before anything else, so that a
+            # redelivered interrupt cannot reach the user's handler in our own code.
             _signal.signal(_SIGINT, self._sigint_handler)
+        self.capture.finish(op)
         if with_input:
             self.input.finish()
         self.input.repair()
@@ -614,7 +639,9 @@ class Runner:
         if self.lost:
             self.exit(EXIT_CHANNEL_LOST)
         try:
-            chan.send(Done(op, status, value, error))
+            # Within the client's object budget: an eval value was checked with room for
+            # the rest of the done, and any other done holds a few dozen values at most.
+            chan.send(Done(op, status, value, error), objects_checked=True)
         except LocalProtocolError as exc:
             # Too large for the client (a huge eval value is checked earlier; this is
             # the last line of defence): say so instead of failing the connection.
@@ -642,7 +669,10 @@ class Runner:
                 ns.update(msg.variables)
             if isinstance(msg, Exec):
                 is_exec = True
-                head, expr = ex.compile_code("exec", msg.code, msg.filename or f"<exec-{msg.op}>")
+                if msg.filename:
+                    head, expr = ex.compile_code("exec", msg.code, msg.filename, True)
+                else:
+                    head, expr = ex.compile_code("exec", msg.code, f"<exec-{msg.op}>")
             else:
                 is_exec = False
                 head, expr = ex.compile_code("eval", msg.expr, f"<eval-{msg.op}>")
@@ -710,8 +740,9 @@ class Runner:
                     f"eval result is {len(body)} bytes as msgpack, over the client's frame "
                     f"limit of {self.conn.peer_max_frame} bytes; return less data"
                 )
-            # What the client's decoder will accept: str keys, its object budget.
-            why = undecodable_reason(body, self.conn.peer_max_frame)
+            # What the client's decoder will accept: str keys, its object budget (less
+            # what the rest of the done takes, so that the done is sent unchecked).
+            why = undecodable_reason(body, self.conn.peer_max_frame, DONE_RESERVE)
         if why is not None:
             raise TypeError(
                 f"eval result of type {type(value).__name__!r} cannot be sent as msgpack: "
