@@ -23,7 +23,7 @@ from ._session import EXIT_WAIT, Runner
 from ._tasks import ShieldedServices
 from ._transport import Transport, TransportBroken
 from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
-from .protocol import PROTOCOL_VERSION, Hello
+from .protocol import PROTOCOL_VERSION, Hello, Welcome
 
 if TYPE_CHECKING:
     from trio.abc import Stream
@@ -40,30 +40,72 @@ __all__ = ["connect_runner", "open_runner", "start_runner"]
 _LAUNCH_OPTIONS = frozenset({"command", "stdio", "env", "inherit_env", "cwd"})
 
 
-def _hello(max_frame: int) -> Hello:
+def _hello(max_frame: int, options: RunnerOptions) -> Hello:
     from . import __version__
 
-    return Hello(PROTOCOL_VERSION, "execpy-trio", __version__, max_frame)
+    limits = options.limits.to_wire() if options.limits is not None else None
+    return Hello(
+        PROTOCOL_VERSION, "execpy-trio", __version__, max_frame, (), limits, options.preload
+    )
 
 
-async def _handshake(handle: RunnerHandle, transport: Transport, limit: float) -> None:
+def _check_welcome(welcome: Welcome, hello: Hello) -> str | None:
+    """Why the runner cannot serve what the hello asked for, or None."""
+    who = (
+        f"{welcome.impl_name} {welcome.impl_version}, protocol "
+        f"{welcome.version[0]}.{welcome.version[1]}"
+    )
+    if hello.limits is not None and (
+        "limits" not in welcome.capabilities or welcome.limits != hello.limits
+    ):
+        return (
+            f"the runner ({who}) does not apply the limits asked for: asked {hello.limits}, "
+            f"it applies {welcome.limits or 'none'}; a runner of protocol 1.1 with the "
+            "'limits' capability is needed (never run limited code on a runner without them)"
+        )
+    if hello.preload and "preload" not in welcome.capabilities:
+        return (
+            f"the runner ({who}) cannot preload modules (no 'preload' capability); "
+            "import them in a first exec instead"
+        )
+    return None
+
+
+async def _handshake(handle: RunnerHandle, transport: Transport, options: RunnerOptions) -> None:
     failure: BaseException | None = None
+    limit = options.handshake_timeout
+    refused: str | None = None
     with trio.move_on_after(limit) as scope:
         try:
-            await transport.handshake(_hello(transport.conn.max_frame))
-            return
+            hello = _hello(transport.conn.max_frame, options)
+            welcome = await transport.handshake(hello)
+            refused = _check_welcome(welcome, hello)
+            if refused is None:
+                return
         except (RemoteProtocolError, TransportBroken, trio.ClosedResourceError) as exc:
             failure = exc
     # Failed: stop the runner so its diagnostics are complete and its exit status known.
     handle.kill()
     with trio.move_on_after(EXIT_WAIT):
         await handle.wait()
+    if refused is not None:
+        raise RunnerStartError(
+            f"{refused}; runner: {handle.description}",
+            stderr_tail=handle.stderr_tail(),
+            returncode=handle.returncode,
+        )
     if scope.cancelled_caught:
         what = (
             f"no welcome from the runner within handshake_timeout={limit} s (state "
             f"{transport.conn.state})"
         )
         advice = "check the command starts an execpy runner, or raise handshake_timeout"
+    elif isinstance(failure, RemoteProtocolError) and failure.error_code in (
+        "preload-failed",
+        "limits-failed",
+    ):
+        what = f"the runner could not be set up: {failure}"
+        advice = "fix the preload modules or the limits"
     elif isinstance(failure, RemoteProtocolError):
         what = f"the handshake failed: {failure}"
         advice = "make sure the runner and the client come from matching execpy versions"
@@ -104,7 +146,7 @@ async def _supervise(
             async with trio.open_nursery() as nursery:
                 try:
                     nursery.start_soon(services.run, runner._watch_handle)
-                    await _handshake(handle, transport, options.handshake_timeout)
+                    await _handshake(handle, transport, options)
                     nursery.start_soon(services.run, transport.run_reader, runner._decide_end)
                     task_status.started(runner)
                     await runner._close_requested.wait()

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 
+from ._limits import Limits
 from .protocol import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME, MIN_MAX_FRAME
 
 __all__ = ["DEFAULT_RESULT_OUTPUT_LIMIT", "RunnerOptions", "resolve_options"]
@@ -61,6 +62,24 @@ def _command(value: Sequence[str] | None) -> tuple[str, ...] | None:
     return command
 
 
+def _check_limits(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, Limits):
+        raise TypeError(f"limits must be an execpy_trio.Limits or None, not {value!r}")
+
+
+def _preload(value: Sequence[str] | str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        raise TypeError(
+            f"preload must be a sequence of module names, not the string {value!r}: "
+            f"write preload=({value!r},)"
+        )
+    names = tuple(value)
+    for name in names:
+        if not isinstance(name, str) or not all(p.isidentifier() for p in name.split(".")):
+            raise ValueError(f"preload: {name!r} is not a module name such as 'json' or 'os.path'")
+    return names
+
+
 def _env(value: Mapping[str, str] | None) -> Mapping[str, str] | None:
     if value is None:
         return None
@@ -103,6 +122,9 @@ class RunnerOptions:
     - ``result_output_limit``: bytes of output (stdout + stderr) an op keeps for its
       ``result``; past it the result is cut (``result.truncated``) while the events of
       ``exec_stream`` still deliver everything. None keeps everything.
+    - ``limits``: a :class:`Limits`, applied in the runner before any user code runs.
+    - ``preload``: modules the runner imports before the first op; a failed import is a
+      ``RunnerStartError`` that names the module and shows the traceback.
     """
 
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
@@ -119,6 +141,8 @@ class RunnerOptions:
     result_output_limit: int | None = attrs.field(
         default=DEFAULT_RESULT_OUTPUT_LIMIT, validator=_check_result_limit
     )
+    limits: Limits | None = attrs.field(default=None, validator=_check_limits)
+    preload: tuple[str, ...] = attrs.field(default=(), converter=_preload)
 
     def replace(self, **changes: Any) -> RunnerOptions:
         """A copy with ``changes`` applied (and validated)."""
@@ -162,3 +186,5 @@ if TYPE_CHECKING:
         max_frame: int
         op_buffer: int
         result_output_limit: int | None
+        limits: Limits | None
+        preload: Sequence[str]

@@ -16,6 +16,7 @@ from ._errors import (
     RunnerDied,
     RunnerStartError,
 )
+from ._limits import Limits
 from ._open import connect_runner, open_runner, start_runner
 from ._operation import Operation
 from ._options import RunnerOptions
@@ -30,6 +31,7 @@ __all__ = [
     "ExecpyError",
     "InputRequest",
     "Launcher",
+    "Limits",
     "LocalLauncher",
     "LocalProtocolError",
     "Operation",

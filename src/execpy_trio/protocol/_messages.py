@@ -115,6 +115,23 @@ def _is_opt_str_map(v: object) -> bool:
     return v is None or (type(v) is dict and all(type(k) is str for k in v) and not _holds_ext(v))
 
 
+#: The resource limits a hello may ask for (since 1.1), and the type of each.
+LIMIT_NAMES = ("memory", "cpu_seconds", "open_files", "output_bytes")
+
+
+def _is_limit_value(v: object) -> bool:
+    t = type(v)
+    return (t is int and 0 < v <= MAX_ID) or (t is float and 0 < v < 1e12)  # type: ignore[operator]
+
+
+def _is_opt_limits(v: object) -> bool:
+    """nil, or a map of str names to positive numbers (unknown names are the runner's to
+    refuse: it echoes in the welcome only the limits it applies)."""
+    return v is None or (
+        type(v) is dict and all(type(k) is str and _is_limit_value(x) for k, x in v.items())
+    )
+
+
 def _is_stream(v: object) -> bool:
     return v in STREAMS
 
@@ -320,7 +337,15 @@ def _freeze(v: object) -> object:
 class Hello(Message):
     """Client -> runner, first frame: who the client is and what it accepts."""
 
-    __slots__ = ("version", "impl_name", "impl_version", "max_frame", "capabilities")
+    __slots__ = (
+        "version",
+        "impl_name",
+        "impl_version",
+        "max_frame",
+        "capabilities",
+        "limits",
+        "preload",
+    )
     KIND = "hello"
     SENDER = CLIENT
     FIELDS = (
@@ -329,12 +354,17 @@ class Hello(Message):
         ("impl_version", _is_str, _REQUIRED),
         ("max_frame", _is_uint, _REQUIRED),
         ("capabilities", _is_str_list, ()),
+        # Since 1.1: resource limits and modules to import before the welcome.
+        ("limits", _is_opt_limits, None),
+        ("preload", _is_str_list, ()),
     )
     version: tuple[int, int]
     impl_name: str
     impl_version: str
     max_frame: int
     capabilities: tuple[str, ...]
+    limits: dict[str, int | float] | None
+    preload: tuple[str, ...]
 
     def __init__(
         self,
@@ -343,17 +373,23 @@ class Hello(Message):
         impl_version: str,
         max_frame: int,
         capabilities: tuple[str, ...] | list[str] = (),
+        limits: dict[str, int | float] | None = None,
+        preload: tuple[str, ...] | list[str] = (),
     ) -> None:
         _set(self, "version", tuple(version))
         _set(self, "impl_name", impl_name)
         _set(self, "impl_version", impl_version)
         _set(self, "max_frame", max_frame)
         _set(self, "capabilities", tuple(capabilities))
+        _set(self, "limits", limits)
+        _set(self, "preload", tuple(preload))
 
     def to_wire(self) -> dict[str, Any]:
         d = super().to_wire()
         d["version"] = list(self.version)
         d["capabilities"] = list(self.capabilities)
+        if self.preload:
+            d["preload"] = list(self.preload)
         return d
 
 
@@ -369,6 +405,7 @@ class Welcome(Message):
         "pid",
         "max_frame",
         "capabilities",
+        "limits",
     )
     KIND = "welcome"
     SENDER = RUNNER
@@ -381,6 +418,8 @@ class Welcome(Message):
         ("pid", _is_uint, _REQUIRED),
         ("max_frame", _is_uint, _REQUIRED),
         ("capabilities", _is_str_list, ()),
+        # Since 1.1: the limits in force (those of the hello the runner applies).
+        ("limits", _is_opt_limits, None),
     )
     version: tuple[int, int]
     impl_name: str
@@ -390,6 +429,7 @@ class Welcome(Message):
     pid: int
     max_frame: int
     capabilities: tuple[str, ...]
+    limits: dict[str, int | float] | None
 
     def __init__(
         self,
@@ -401,6 +441,7 @@ class Welcome(Message):
         pid: int,
         max_frame: int,
         capabilities: tuple[str, ...] | list[str] = (),
+        limits: dict[str, int | float] | None = None,
     ) -> None:
         _set(self, "version", tuple(version))
         _set(self, "impl_name", impl_name)
@@ -410,6 +451,7 @@ class Welcome(Message):
         _set(self, "pid", pid)
         _set(self, "max_frame", max_frame)
         _set(self, "capabilities", tuple(capabilities))
+        _set(self, "limits", limits)
 
     def to_wire(self) -> dict[str, Any]:
         d = super().to_wire()

@@ -94,6 +94,9 @@ class Capture:
     def __init__(self, channel: Channel, on_lost: Callable[[], None]) -> None:
         self.channel = channel
         self.on_lost = on_lost
+        #: Called once when an op goes over its output limit (set by the runner).
+        self.on_output_limit: Callable[[], None] = lambda: None
+        self.output_left: int | None = None
         self.chunk = MAX_CHUNK - FRAME_OVERHEAD
         devnull = os.open(os.devnull, os.O_RDWR)
         out_r, out_w = os.pipe()
@@ -131,9 +134,24 @@ class Capture:
 
     # -- per op ---------------------------------------------------------------------------
 
-    def begin(self, op: int) -> None:
+    def begin(self, op: int, output_limit: int | None = None) -> None:
         self.output_op = op
+        #: Bytes the op may still write (stdout and stderr together), or None.
+        self.output_left = output_limit
         self._idle.release()
+
+    def _within_limit(self, data: bytes) -> bytes:
+        """What of ``data`` may be sent under the op's output limit (the caller holds
+        ``_idle``); crossing the limit tells the runner, once."""
+        left = self.output_left
+        assert left is not None
+        if len(data) <= left:
+            self.output_left = left - len(data)
+            return data
+        if left >= 0:
+            self.output_left = -1  # over: from now on everything is dropped
+            self.on_output_limit()
+        return data[:left] if left > 0 else b""
 
     def finish(self, op: int) -> None:
         """Send everything written so far (bounded; see the module docstring)."""
@@ -170,9 +188,25 @@ class Capture:
             if not self.channel.broken:
                 self._drain(op, ready)
             self._restore_fds(ready)
+        if self.output_left == -1:
+            self._discard()
         if damaged:
             self._repair_streams()
         self.output_op = None
+        self.output_left = None
+
+    def _discard(self) -> None:
+        """After an op went over its output limit: drop what is still in the pipes (its
+        writers have been killed), so that none of it is charged to the next op."""
+        for _ in range(64):  # bounded: 64 rounds of up to a chunk per pipe
+            ready = [fd for fd, ev in self._drain_poll.poll(0) if fd in self._streams]
+            if not ready:
+                return
+            for rfd in ready:
+                try:
+                    _read(rfd, self.pipe_size)
+                except (BlockingIOError, OSError):
+                    pass
 
     def _restore_fds(self, ready: list[tuple[int, int]]) -> None:
         """Put back fds 0, 1, 2 that user code closed (a replaced one is left alone)."""
@@ -207,6 +241,10 @@ class Capture:
                     continue
                 budget[rfd] -= len(data)
                 progressed = True
+                if self.output_left is not None:
+                    data = self._within_limit(data)
+                    if not data:
+                        continue
                 try:
                     self.channel.send(Output(op, self._streams[rfd], data))
                 except ChannelLost:
@@ -235,6 +273,10 @@ class Capture:
                         data = _read(rfd, self.chunk)
                     except BlockingIOError:
                         continue  # the main thread's drain took it
+                    if self.output_left is not None:
+                        data = self._within_limit(data)
+                        if not data:
+                            continue  # over the limit: read and dropped, so no writer blocks
                     send(Output(op, stream, data))
         except ChannelLost:
             self.on_lost()

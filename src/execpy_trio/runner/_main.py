@@ -87,12 +87,14 @@ from . import (
     EXIT_OK,
     EXIT_PARENT_DIED,
     EXIT_PROTOCOL,
+    EXIT_SETUP_FAILED,
     EXIT_USAGE,
     IMPL_NAME,
     IMPL_VERSION,
 )
 from ._channel import Channel, ChannelLost
 from ._children import become_subreaper, group_members, kill_descendants
+from ._limits import CPU_TICK_MS
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -106,7 +108,7 @@ else:
 _getsignal = _signal.getsignal
 _SIGINT = _signal.SIGINT
 
-CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture")
+CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture", "limits", "preload")
 DEFAULT_HELLO_TIMEOUT = 10.0
 #: How often the I/O thread looks for a long-running op while ops are being run (ms).
 IO_TICK_MS = 2
@@ -217,6 +219,13 @@ class Runner:
         self.shutdown_requested = False
         self.lost = False
         self.running_op: int | None = None
+        from ._limits import Limits
+
+        #: The limits in force (none until the hello asks for some).
+        self.limits = Limits(None)
+        #: The limit error the running op is to be stopped with, instead of a cancel.
+        self.pending_limit: BaseException | None = None
+        self._cpu_tripped = False
         #: True in a child that user code forked: it must never touch the channel.
         self.forked = False
         self._exiting = _thread.allocate_lock()
@@ -435,6 +444,9 @@ class Runner:
         phase = self.phase
         if phase == RUNNING:
             self.interrupt_delivered = True
+            limit = self.pending_limit
+            if limit is not None:
+                raise limit
             raise KeyboardInterrupt
         if phase == PROTECTED:
             self.deferred_interrupt = True
@@ -487,7 +499,7 @@ class Runner:
             self.phase = previous
         if self.deferred_interrupt and previous == RUNNING:
             self.deferred_interrupt = False
-            raise KeyboardInterrupt
+            raise self.pending_limit or KeyboardInterrupt()
 
     def _send_or_lose(self, msg: Message) -> None:
         try:
@@ -570,6 +582,7 @@ class Runner:
         if type(ev) is not Hello:  # only a fatal error gets past the state machine
             self._other_message(ev, self._send_or_exit)
             self.exit(EXIT_PROTOCOL)
+        self._set_up(ev)
         v = sys.version_info
         self._send_or_exit(
             Welcome(
@@ -581,6 +594,7 @@ class Runner:
                 self.pid,
                 self.conn.max_frame,
                 CAPABILITIES,
+                self.limits.applied or None,
             )
         )
         self.capture.set_peer_limit(self.conn.peer_max_frame)
@@ -588,6 +602,65 @@ class Runner:
         # children instead of init's, so that exit() finds and kills them. Only user code
         # starts processes, so this can wait until the welcome is out (it costs ~0.6 ms).
         become_subreaper()
+
+    def _set_up(self, hello: Hello) -> None:
+        """The hello's preload, then its limits: before the welcome and any user code.
+        Either failing is a fatal error the client reports as a failed start."""
+        from ._limits import LimitError, Limits
+
+        for name in hello.preload:
+            try:
+                __import__(name)
+            except BaseException as exc:  # anything the module raises, SystemExit too
+                self._setup_failed(
+                    "preload-failed",
+                    f"preload: importing {name!r} failed:\n"
+                    + self.executor.error_info(exc, self._value_limit())["traceback"],
+                )
+        try:
+            self.limits = Limits(hello.limits)
+            self.limits.apply()
+        except LimitError as exc:
+            self._setup_failed("limits-failed", f"limits: {exc}")
+        self.capture.on_output_limit = self._output_limit_exceeded
+
+    def _setup_failed(self, code: str, message: str) -> NoReturn:
+        self.diag(message)
+        self.channel.send_fatal(Error(code, message, fatal=True))
+        self.exit(EXIT_SETUP_FAILED)
+
+    # -- limits ---------------------------------------------------------------------------
+
+    def _output_limit_exceeded(self) -> None:
+        from ._limits import OutputLimitExceeded
+
+        self._limit_exceeded(
+            OutputLimitExceeded(
+                f"the op wrote more than {self.limits.output_bytes} bytes to stdout and "
+                "stderr; the rest was dropped"
+            )
+        )
+
+    def _check_cpu(self) -> None:
+        """The I/O thread's check of the op's CPU time (only with a cpu_seconds limit)."""
+        if self._cpu_tripped or self.phase not in (RUNNING, PROTECTED):
+            return
+        if self.limits.cpu_exceeded():
+            from ._limits import CPULimitExceeded
+
+            self._cpu_tripped = True
+            self._limit_exceeded(
+                CPULimitExceeded(f"the op used more than {self.limits.cpu_seconds:g} s of CPU time")
+            )
+
+    def _limit_exceeded(self, exc: BaseException) -> None:
+        """Stop the running op with ``exc`` instead of KeyboardInterrupt (any thread),
+        and its child processes: they are over the op's budget too (and, for the output
+        limit, its writers, whose output would otherwise be charged to the next op)."""
+        if self.pending_limit is None:
+            self.pending_limit = exc  # first: the op's end may come before the rest
+            self.interrupt()
+            self.kill_descendants()
 
     # -- one op ---------------------------------------------------------------------------
 
@@ -598,13 +671,18 @@ class Runner:
         self.phase = PREPARING
         self.running_op = op
         self.cancel_requested = self.interrupt_delivered = self.deferred_interrupt = False
+        self.pending_limit = None
+        limits = self.limits
+        if limits.cpu_seconds is not None:
+            self._cpu_tripped = False
+            limits.begin_op()
         # Input's state between ops is that of an op without stdin: set it up only if used.
         if type(msg) is Exec and (msg.stdin or msg.allow_stdin):
             with_input = True
             self.input.begin(op, msg.stdin, msg.allow_stdin)
         else:
             with_input = False
-        self.capture.begin(op)
+        self.capture.begin(op, limits.output_bytes)
         # Hand reading to the I/O thread (lock first: see _channel's theory of operation).
         chan.read_lock.release()
         with self._handoff:
@@ -624,6 +702,15 @@ class Runner:
             # redelivered interrupt cannot reach the user's handler in our own code.
             _signal.signal(_SIGINT, self._sigint_handler)
         self.capture.finish(op)
+        limit = self.pending_limit
+        if limit is not None and (error is None or error["type"] != type(limit).__name__):
+            # Crossed after the code ended (the output limit, seen in the final drain),
+            # or the code swallowed it: the op still ends in the limit's error.
+            status, value, error = STATUS_ERROR, None, self._error(limit)
+        if limits.cpu_seconds is not None:
+            limits.end_op()
+        if limits.memory is not None:
+            limits.restore_reserve()
         if with_input:
             self.input.finish()
         self.input.repair()
@@ -684,7 +771,7 @@ class Runner:
             try:
                 self.phase = RUNNING
                 if self.cancel_requested:
-                    raise KeyboardInterrupt
+                    raise self.pending_limit or KeyboardInterrupt()
                 value = None
                 if head is not None:
                     exec(head, ns)
@@ -705,6 +792,8 @@ class Runner:
     def _failed(self, exc: BaseException) -> tuple[str, Any, dict[str, str] | None]:
         if self.forked:
             self._child_exit(exc)
+        if isinstance(exc, MemoryError):
+            self.limits.release_reserve()  # room to format and send the error
         if type(exc) is KeyboardInterrupt and self.cancel_requested:
             return STATUS_CANCELLED, None, self._error(exc)
         return STATUS_ERROR, None, self._error(exc)
@@ -807,9 +896,10 @@ class Runner:
                 pending = self.cancel_requested and not self.interrupt_delivered
                 # With replies piling up unwritten, read nothing more (backpressure).
                 blocked = self._io_backlog or chan.control_full()
-                ready = (idle if blocked else busy).poll(
-                    REDELIVER_MS if pending else dormant_timeout
-                )
+                timeout = REDELIVER_MS if pending else dormant_timeout
+                if self.limits.cpu_seconds is not None and self._op_active:
+                    timeout = CPU_TICK_MS if timeout is None else min(timeout, CPU_TICK_MS)
+                ready = (idle if blocked else busy).poll(timeout)
                 if pending and not ready:
                     self._redeliver_interrupt()
             else:
@@ -829,6 +919,8 @@ class Runner:
                         busy.unregister(chan.rfd)
             if watch_ppid and _getppid() != self.ppid:
                 self.parent_died()
+            if self.limits.cpu_seconds is not None and self._op_active:
+                self._check_cpu()
             took_over = False
             with handoff:
                 if chan.reader_is_io:

@@ -1,0 +1,60 @@
+"""``Limits``: the resource limits a runner applies to the code it runs.
+
+They travel in the ``hello`` (protocol 1.1, spec section 5.1) so that any runner, however
+it is started (a local process, ``ssh``, any stdio command), is limited the same way, and
+the runner applies them before any user code runs. A runner that does not apply exactly
+the limits asked for fails the start: a runner is never silently unlimited.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+__all__ = ["Limits"]
+
+
+def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) is not int or value <= 0):
+        raise ValueError(
+            f"Limits.{attribute.name} must be a positive int (bytes or descriptors) or None, "
+            f"not {value!r}"
+        )
+
+
+def _positive_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and (type(value) not in (int, float) or not value > 0):
+        raise ValueError(
+            f"Limits.{attribute.name} must be a positive number of seconds or None, not {value!r}"
+        )
+
+
+@attrs.frozen(kw_only=True)
+class Limits:
+    """Resource limits for the code a runner runs; each None (the default) means none.
+
+    - ``memory``: bytes of address space for the runner and every process it starts;
+      past it user code gets ``MemoryError`` (an "error" result; the runner holds a
+      reserve so that it can report it). An idle runner maps about 230 MiB, so below
+      about 512 MiB little is left for the code.
+    - ``cpu_seconds``: CPU time per op, the runner's and its child processes'; past it
+      the op ends "error" with ``error.type == "CPULimitExceeded"`` and the children are
+      killed.
+    - ``open_files``: file descriptors the code may open, on top of the runner's own.
+    - ``output_bytes``: stdout plus stderr per op; the output up to it arrives, then the
+      code is stopped and the op ends "error" with ``error.type ==
+      "OutputLimitExceeded"``.
+
+    After any limit is hit the runner stays usable.
+    """
+
+    memory: int | None = attrs.field(default=None, validator=_positive_int)
+    cpu_seconds: float | None = attrs.field(default=None, validator=_positive_seconds)
+    open_files: int | None = attrs.field(default=None, validator=_positive_int)
+    output_bytes: int | None = attrs.field(default=None, validator=_positive_int)
+
+    def to_wire(self) -> dict[str, int | float] | None:
+        """The ``limits`` map of a hello: the limits set, or None if there are none."""
+        wire = {k: v for k, v in attrs.asdict(self).items() if v is not None}
+        return wire or None
