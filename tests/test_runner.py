@@ -486,3 +486,27 @@ def test_exec_filename_never_reads_the_file_of_that_name(
     tb = client.exec("f()").error["traceback"]
     assert f'File "{disk}", line 2, in f\n    y = 2\n' in tb, tb
     assert "on disk" not in tb
+
+
+@pytest.mark.parametrize(
+    ("limits", "needle"),
+    [
+        ({"gpu": 1}, "unknown limit(s) gpu"),
+        ({"memory": 1.5}, "the memory limit must be an int"),
+    ],
+)
+def test_limits_the_runner_cannot_apply_are_refused_not_ignored(
+    limits: dict[str, object], needle: str
+) -> None:
+    from execpy_trio.protocol import Hello
+    from execpy_trio.runner import EXIT_SETUP_FAILED
+
+    c = RunnerClient(handshake=False)
+    try:
+        c.send(Hello(PROTOCOL_VERSION, "t", "0", c.max_frame, [], limits))  # type: ignore[arg-type]
+        fatal = c.recv_raw_values()[-1]
+        assert fatal["kind"] == "error" and fatal["code"] == "limits-failed", fatal
+        assert needle in fatal["message"]
+        assert c.wait() == EXIT_SETUP_FAILED
+    finally:
+        c.close()
