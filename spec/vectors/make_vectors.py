@@ -144,6 +144,34 @@ VALID: list[tuple[str, Message, str]] = [
         Hello((1, 1), "execpy-trio", "0.2.0", DEFAULT_MAX_FRAME),
         "A hello of protocol 1.1.",
     ),
+    (
+        "hello-limits-preload",
+        Hello(
+            (1, 1),
+            "execpy-trio",
+            "0.2.0",
+            DEFAULT_MAX_FRAME,
+            (),
+            {"memory": 2**30, "cpu_seconds": 2.5, "open_files": 64, "output_bytes": 2**20},
+            ("json", "numpy"),
+        ),
+        "Since 1.1: limits (cpu_seconds a float64, the others ints) and preload.",
+    ),
+    (
+        "welcome-limits",
+        Welcome(
+            (1, 1),
+            "execpy-trio",
+            "0.2.0",
+            "python",
+            "3.11.7",
+            4242,
+            DEFAULT_MAX_FRAME,
+            ("exec", "eval", "limits", "preload"),
+            {"cpu_seconds": 2.5},
+        ),
+        "Since 1.1: the limits in force, as asked.",
+    ),
     ("eval", Eval(2, "[x, name]"), "Minimal eval."),
     (
         "eval-variables",
@@ -453,6 +481,23 @@ INVALID: list[tuple[str, bytes, str, str]] = [
         "An error needs a str code.",
     ),
     (
+        "hello-limit-not-a-number",
+        raw(
+            mp(
+                {
+                    "kind": "hello",
+                    "version": [1, 1],
+                    "impl_name": "x",
+                    "impl_version": "1",
+                    "max_frame": 65536,
+                    "limits": {"memory": "1G"},
+                }
+            )
+        ),
+        _BAD,
+        "Since 1.1: each limit is a positive int or float.",
+    ),
+    (
         "nested-1025",
         raw(b"\x83\xa4kind\xa4ping\xa5token\x07\xa5extra" + b"\x91" * 1024 + b"\xc0"),
         _FRAME,
@@ -470,7 +515,17 @@ INVALID: list[tuple[str, bytes, str, str]] = [
 ]
 
 #: Vectors that protocol 1.0 did not have (an absent ``since`` means 1.0).
-SINCE_1_1 = frozenset({"exec-filename", "hello-1-1", "nested-1025", "too-many-objects"})
+SINCE_1_1 = frozenset(
+    {
+        "exec-filename",
+        "hello-1-1",
+        "hello-limits-preload",
+        "welcome-limits",
+        "hello-limit-not-a-number",
+        "nested-1025",
+        "too-many-objects",
+    }
+)
 
 
 def _since(name: str) -> dict[str, list[int]]:
