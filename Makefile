@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo lint typecheck unit bench clean
+.PHONY: test demo lint typecheck unit bench clean os-deps
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -14,7 +14,21 @@ $(STAMP): pyproject.toml
 	$(PY) -m compileall -q src >/dev/null
 	touch $(STAMP)
 
-test: $(STAMP) lint typecheck unit
+test: $(STAMP) os-deps lint typecheck unit
+
+# OS packages the tests need: bubblewrap for the sandbox (installed when missing and we
+# are root with apt-get, as in CI; otherwise its tests skip and say why).
+os-deps:
+	@command -v bwrap >/dev/null 2>&1 || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    echo "installing bubblewrap (apt-get)"; \
+	    apt-get install -y -q bubblewrap >/dev/null 2>&1 || \
+	      { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q bubblewrap >/dev/null 2>&1; } || \
+	      echo "could not install bubblewrap: the sandbox tests will be skipped"; \
+	  else \
+	    echo "bubblewrap is not installed (apt-get install bubblewrap): the sandbox tests will be skipped"; \
+	  fi; \
+	}
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests bench examples

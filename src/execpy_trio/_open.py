@@ -37,7 +37,7 @@ if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
 __all__ = ["connect_runner", "open_runner", "start_runner"]
 
 #: Options that say how to start a process: meaningless for an already connected stream.
-_LAUNCH_OPTIONS = frozenset({"command", "stdio", "env", "inherit_env", "cwd"})
+_LAUNCH_OPTIONS = frozenset({"command", "stdio", "env", "inherit_env", "cwd", "sandbox"})
 
 
 def _hello(max_frame: int, options: RunnerOptions) -> Hello:

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any, Final
 import attrs
 
 from ._limits import Limits
+from .launch._sandbox import Sandbox
 from .protocol import ABSOLUTE_MAX_FRAME, DEFAULT_MAX_FRAME, MIN_MAX_FRAME
 
 __all__ = ["DEFAULT_RESULT_OUTPUT_LIMIT", "RunnerOptions", "resolve_options"]
@@ -65,6 +66,11 @@ def _command(value: Sequence[str] | None) -> tuple[str, ...] | None:
 def _check_limits(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and not isinstance(value, Limits):
         raise TypeError(f"limits must be an execpy_trio.Limits or None, not {value!r}")
+
+
+def _check_sandbox(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    if value is not None and not isinstance(value, Sandbox):
+        raise TypeError(f"sandbox must be an execpy_trio.Sandbox or None, not {value!r}")
 
 
 def _preload(value: Sequence[str] | str) -> tuple[str, ...]:
@@ -125,6 +131,8 @@ class RunnerOptions:
     - ``limits``: a :class:`Limits`, applied in the runner before any user code runs.
     - ``preload``: modules the runner imports before the first op; a failed import is a
       ``RunnerStartError`` that names the module and shows the traceback.
+    - ``sandbox``: a :class:`Sandbox`: the local runner runs under bubblewrap (no network,
+      a read-only filesystem but for a work directory, its own PID namespace).
     """
 
     command: tuple[str, ...] | None = attrs.field(default=None, converter=_command)
@@ -143,6 +151,7 @@ class RunnerOptions:
     )
     limits: Limits | None = attrs.field(default=None, validator=_check_limits)
     preload: tuple[str, ...] = attrs.field(default=(), converter=_preload)
+    sandbox: Sandbox | None = attrs.field(default=None, validator=_check_sandbox)
 
     def replace(self, **changes: Any) -> RunnerOptions:
         """A copy with ``changes`` applied (and validated)."""
@@ -188,3 +197,4 @@ if TYPE_CHECKING:
         result_output_limit: int | None
         limits: Limits | None
         preload: Sequence[str]
+        sandbox: Sandbox | None

@@ -23,6 +23,7 @@ from ._options import RunnerOptions
 from ._results import ErrorInfo, ExecResult, InputRequest, Output
 from ._session import Runner, RunnerStatistics
 from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
+from .launch._sandbox import Sandbox
 
 __all__ = [
     "CodeError",
@@ -45,6 +46,7 @@ __all__ = [
     "RunnerOptions",
     "RunnerStartError",
     "RunnerStatistics",
+    "Sandbox",
     "StreamLauncher",
     "connect_runner",
     "open_runner",

@@ -12,6 +12,7 @@ from __future__ import annotations
 import codecs
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -253,12 +254,41 @@ class LocalProcessHandle(RunnerHandle):
                     await pipe.aclose()
 
 
-async def _spawn(options: RunnerOptions) -> tuple[trio.Process, Stream, list[str]]:
+def _sandboxed(options: RunnerOptions, argv: list[str], cleanup: list[str]) -> list[str]:
+    """``argv`` under the options' sandbox (none: as it is). A temporary work directory
+    made for it is added to ``cleanup``."""
+    sandbox = options.sandbox
+    if sandbox is None:
+        return argv
+    from ._sandbox import sandbox_argv
+
+    bwrap = sandbox.find_bwrap()
+    if bwrap is None:
+        raise RunnerStartError(
+            f"the sandbox needs bubblewrap, and {sandbox.bwrap!r} was not found on PATH; "
+            "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install "
+            "bubblewrap) or give Sandbox(bwrap='/path/to/bwrap')"
+        )
+    workdir = sandbox.workdir
+    if workdir is None:
+        import tempfile
+
+        workdir = tempfile.mkdtemp(prefix="execpy-sandbox-")
+        cleanup.append(workdir)
+    elif not os.path.isdir(workdir):
+        raise RunnerStartError(f"the sandbox's workdir {workdir!r} is not a directory")
+    return sandbox_argv(sandbox, bwrap, argv, workdir)
+
+
+async def _spawn(
+    options: RunnerOptions, cleanup: list[str]
+) -> tuple[trio.Process, Stream, list[str]]:
     env = _environment(options)
 
     async def start(argv: list[str], **io: Any) -> trio.Process:
         # Its own process group (so that a kill reaches what the code started); stderr is
         # the runner's diagnostic stream.
+        argv = _sandboxed(options, argv, cleanup)
         return await trio.lowlevel.open_process(
             argv, stderr=subprocess.PIPE, start_new_session=True, env=env, cwd=options.cwd, **io
         )
@@ -306,7 +336,19 @@ class LocalLauncher(Launcher):
 
     @contextlib.asynccontextmanager
     async def launch(self, options: RunnerOptions) -> AsyncIterator[RunnerHandle]:
-        process, stream, argv = await _spawn(options)
+        cleanup: list[str] = []  # a sandbox's temporary work directory
+        try:
+            async with self._launched(options, cleanup) as handle:
+                yield handle
+        finally:
+            for path in cleanup:
+                shutil.rmtree(path, ignore_errors=True)
+
+    @contextlib.asynccontextmanager
+    async def _launched(
+        self, options: RunnerOptions, cleanup: list[str]
+    ) -> AsyncIterator[RunnerHandle]:
+        process, stream, argv = await _spawn(options, cleanup)
         handle = LocalProcessHandle(process, stream, argv, self._echo_stderr)
         # The reaper and the stderr reader outlive a cancellation of the owner's scope: the
         # shutdown needs the exit, and the last diagnostics are still worth reporting.
