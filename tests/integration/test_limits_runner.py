@@ -134,3 +134,18 @@ async def test_a_limit_the_runner_cannot_apply_fails_the_start() -> None:
     with trio.fail_after(HANG), pytest.raises(ex.RunnerStartError, match="over the hard limit"):
         async with ex.open_runner(limits=ex.Limits(open_files=hard + 1)):
             pass
+
+
+def test_the_autograder_example_grades_as_documented() -> None:
+    import subprocess
+
+    example = Path(__file__).parents[2] / "examples" / "autograder.py"
+    p = subprocess.run([sys.executable, str(example)], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr
+    lines = dict(line.split(None, 1) for line in p.stdout.splitlines())
+    assert lines["load"] == "ok" and lines["test_add"] == "pass"
+    assert lines["test_wrong"] == "AssertionError: add(2, 2) is not 5"
+    assert lines["test_loops_forever"].startswith("CPULimitExceeded")
+    assert lines["test_sleeps"] == "timeout"
+    assert lines["test_prints_too_much"].startswith("OutputLimitExceeded")
+    assert lines["test_network"] != "pass"
