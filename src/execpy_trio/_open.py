@@ -85,6 +85,10 @@ async def _handshake(handle: RunnerHandle, transport: Transport, options: Runner
         except (RemoteProtocolError, TransportBroken, trio.ClosedResourceError) as exc:
             failure = exc
     # Failed: stop the runner so its diagnostics are complete and its exit status known.
+    if isinstance(failure, RemoteProtocolError):
+        # It said why (a fatal error) and exits by itself, with a status worth reporting.
+        with trio.move_on_after(EXIT_WAIT):
+            await handle.wait()
     handle.kill()
     with trio.move_on_after(EXIT_WAIT):
         await handle.wait()

@@ -122,15 +122,12 @@ def sandbox_argv(
     ]
     if sandbox.network:
         args.append("--share-net")
+    # The private /tmp first: what is bound below may live under the host's /tmp (a
+    # checkout, a venv, the default workdir) and must stay visible on top of it.
+    args += ["--proc", "/proc", "--dev", "/dev", "--tmpfs", "/tmp"]
     for path in (*_SYSTEM_PATHS, *_python_paths(), *sandbox.read_only):
         args += ["--ro-bind-try", path, path]
     args += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--tmpfs",
-        "/tmp",
         "--bind",
         workdir,
         workdir,
