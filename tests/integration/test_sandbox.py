@@ -140,3 +140,34 @@ async def test_a_missing_bwrap_is_a_clear_start_error() -> None:
     with pytest.raises(ex.RunnerStartError, match="apt-get install bubblewrap"):
         async with ex.open_runner(sandbox=ex.Sandbox(bwrap="no-such-bwrap-here")):
             pass
+
+
+async def test_only_the_given_environment_and_not_the_rest_of_sys_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The client's script directory (or current directory) is on its sys.path: a home
+    # directory, say. It must not become visible in the sandbox.
+    (tmp_path / "answers.txt").write_text("secret")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setenv("GRADER_TOKEN", "hunter2")
+    sandbox = ex.Sandbox()
+    async with ex.open_runner(sandbox=sandbox, env={"MINE": "1"}) as runner:
+        with trio.fail_after(HANG):
+            seen = await runner.eval("dict(__import__('os').environ)")
+            visible = await runner.eval(
+                f"__import__('os').path.exists({str(tmp_path / 'answers.txt')!r})"
+            )
+    assert visible is False
+    assert seen["MINE"] == "1" and "GRADER_TOKEN" not in seen, seen
+    allowed = {"MINE", "PATH", "LANG", "HOME", "TMPDIR", "PYTHONPATH", "PWD", "LC_CTYPE"}
+    assert set(seen) <= allowed, seen
+
+
+async def test_a_sandboxed_runner_lives_on_after_the_thread_that_started_it_is_gone() -> None:
+    # Trio starts processes from worker threads that exit after 10 s idle; a sandbox tied
+    # to that thread's life (PR_SET_PDEATHSIG) was killed then.
+    async with ex.open_runner(sandbox=ex.Sandbox()) as runner:
+        assert (await runner.exec("print(1)")).stdout == "1\n"
+        await trio.sleep(11)
+        with trio.fail_after(HANG):
+            assert (await runner.exec("print(2)")).stdout == "2\n"

@@ -277,7 +277,7 @@ def _sandboxed(options: RunnerOptions, argv: list[str], cleanup: list[str]) -> l
         cleanup.append(workdir)
     elif not os.path.isdir(workdir):
         raise RunnerStartError(f"the sandbox's workdir {workdir!r} is not a directory")
-    return sandbox_argv(sandbox, bwrap, argv, workdir)
+    return sandbox_argv(sandbox, bwrap, argv, workdir, dict(options.env or {}))
 
 
 async def _spawn(

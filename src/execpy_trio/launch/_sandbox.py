@@ -4,23 +4,29 @@ What the runner (and everything it starts) gets:
 
 - its own user, PID, IPC, UTS, cgroup and network namespaces: no network at all (not even
   loopback to the host's services), unless ``network=True``; it sees only its own
-  processes; it runs as ``nobody`` (uid 65534) with no capabilities and
-  ``PR_SET_NO_NEW_PRIVS`` (no setuid programs);
+  processes; it runs as ``nobody`` (uid 65534) inside, with no capabilities and
+  ``PR_SET_NO_NEW_PRIVS`` (no setuid programs). Outside, its files and permission checks
+  are those of the client's own user (the namespace maps one to the other): run the
+  client as an unprivileged user, not root;
 - a filesystem that is read-only and holds only what Python needs: ``/usr`` (and the
   ``/bin``, ``/lib`` links), a few files of ``/etc`` (users, certificates, time zone,
-  the linker's cache), the interpreter's prefix and the directories on ``sys.path``, plus
-  ``read_only`` paths you name. The host's home directories, ``/root``, ``/srv``, other
-  projects and the rest of ``/etc`` are not there;
+  the linker's cache), the interpreter's prefix, the directories execpy_trio and msgpack
+  are imported from, and the ``read_only`` paths you name (not the rest of ``sys.path``,
+  which may hold the client's script or current directory). Home directories, ``/srv``,
+  other projects and the rest of ``/etc`` are not there (a path under one of them is
+  visible only where the interpreter or the package lives under it, and only that);
 - a private writable ``/tmp`` (a tmpfs, gone with the runner) and one writable work
-  directory, its current directory: ``workdir``, or a fresh temporary directory removed
-  when the runner ends;
-- death with its parent (``--die-with-parent``): the whole namespace goes when the client
-  process does.
+  directory, its current directory and HOME: ``workdir``, or a fresh temporary directory
+  removed when the runner ends;
+- an environment of its own: only the options' ``env`` (never the host's variables, so no
+  token of the client's leaks), over PATH, LANG, HOME and TMPDIR;
+- an end with its connection: the runner exits when the client closes it or dies (the
+  channel ends), and the namespace, with everything in it, with the runner.
 
 What it does not protect against: kernel bugs (the namespaces are only as strong as the
 kernel), resource exhaustion (use :class:`~execpy_trio.Limits` with it: memory, CPU,
-output, files; the number of processes is not limited), reading what is under the paths
-made visible (the interpreter's prefix, ``sys.path``, ``read_only``), and side channels.
+output, files; the number of processes is not limited), reading what is made visible
+(the interpreter's prefix, the package directories, ``read_only``), and side channels.
 It needs user namespaces (most distributions allow them; some containers do not) and the
 ``bwrap`` program (Debian/Ubuntu: ``apt-get install bubblewrap``).
 """
@@ -31,8 +37,6 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
-from typing import Any
-
 import attrs
 
 __all__ = ["Sandbox", "sandbox_argv"]
@@ -91,10 +95,22 @@ class Sandbox:
         return shutil.which(self.bwrap)
 
 
+def _package_roots() -> list[str]:
+    """The directories execpy_trio and msgpack are imported from (an editable checkout's
+    ``src``, a user site): only those, not all of ``sys.path``."""
+    import msgpack
+
+    import execpy_trio
+
+    return [
+        os.path.dirname(os.path.dirname(os.path.abspath(module.__file__ or "")))
+        for module in (execpy_trio, msgpack)
+    ]
+
+
 def _python_paths() -> list[str]:
     """What the runner's interpreter needs to start and import execpy_trio."""
-    found = [sys.base_prefix, sys.prefix, sys.exec_prefix]
-    found += [p for p in sys.path if p and os.path.isdir(p)]
+    found = [sys.base_prefix, sys.prefix, sys.exec_prefix, *_package_roots()]
     executable = os.path.realpath(sys.executable)
     found.append(os.path.dirname(executable))
     unique: list[str] = []
@@ -106,13 +122,30 @@ def _python_paths() -> list[str]:
 
 
 def sandbox_argv(
-    sandbox: Sandbox, bwrap: str, argv: list[str], workdir: str, **_: Any
+    sandbox: Sandbox, bwrap: str, argv: list[str], workdir: str, env: dict[str, str] | None = None
 ) -> list[str]:
-    """``argv`` run under bubblewrap as ``sandbox`` says, with ``workdir`` writable."""
+    """``argv`` run under bubblewrap as ``sandbox`` says, with ``workdir`` writable.
+
+    The environment inside is only ``env`` over a minimal one (PATH, LANG, HOME, TMPDIR),
+    with PYTHONPATH naming where execpy_trio is imported from (after any of ``env``).
+    """
+    inside = {
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
+        "LANG": "C.UTF-8",
+        "HOME": workdir,
+        "TMPDIR": "/tmp",
+        **(env or {}),
+    }
+    inside["PYTHONPATH"] = os.pathsep.join(
+        p for p in (inside.get("PYTHONPATH", ""), _package_roots()[0]) if p
+    )
+    # No --die-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
+    # started bwrap exits (Trio starts processes from worker threads that end when idle).
+    # The runner ends with its connection instead, and the namespace with the runner.
     args = [
         bwrap,
-        "--die-with-parent",
         "--unshare-all",
+        "--clearenv",
         "--uid",
         str(NOBODY),
         "--gid",
@@ -133,12 +166,10 @@ def sandbox_argv(
         workdir,
         "--chdir",
         workdir,
-        "--setenv",
-        "HOME",
-        workdir,
-        "--setenv",
-        "TMPDIR",
-        "/tmp",
+    ]
+    for name, value in inside.items():
+        args += ["--setenv", name, value]
+    args += [
         # bwrap's root is a tmpfs holding the mount points: read-only too, last.
         "--remount-ro",
         "/",
