@@ -12,7 +12,10 @@ from typing import Any
 
 import attrs
 
-__all__ = ["Limits"]
+__all__ = ["MIN_MEMORY", "Limits"]
+
+#: The smallest memory limit accepted: an idle runner maps about 230 MiB.
+MIN_MEMORY = 256 * 1024 * 1024
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -24,9 +27,19 @@ def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any)
 
 
 def _positive_seconds(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (type(value) not in (int, float) or not value > 0):
+    if value is not None and (type(value) not in (int, float) or not 0 < value <= 1e6):
         raise ValueError(
-            f"Limits.{attribute.name} must be a positive number of seconds or None, not {value!r}"
+            f"Limits.{attribute.name} must be a number of seconds from 0 to 1e6 (exclusive "
+            f"of 0), or None, not {value!r}"
+        )
+
+
+def _memory(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+    _positive_int(instance, attribute, value)
+    if value is not None and value < MIN_MEMORY:
+        raise ValueError(
+            f"Limits.memory={value} is under {MIN_MEMORY} bytes (256 MiB): an idle runner "
+            "already maps about 230 MiB of address space, so the code would have none"
         )
 
 
@@ -49,7 +62,7 @@ class Limits:
     After any limit is hit the runner stays usable.
     """
 
-    memory: int | None = attrs.field(default=None, validator=_positive_int)
+    memory: int | None = attrs.field(default=None, validator=_memory)
     cpu_seconds: float | None = attrs.field(default=None, validator=_positive_seconds)
     open_files: int | None = attrs.field(default=None, validator=_positive_int)
     output_bytes: int | None = attrs.field(default=None, validator=_positive_int)

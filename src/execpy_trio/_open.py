@@ -104,6 +104,11 @@ async def _handshake(handle: RunnerHandle, transport: Transport, options: Runner
             f"{transport.conn.state})"
         )
         advice = "check the command starts an execpy runner, or raise handshake_timeout"
+        if options.preload:
+            advice = (
+                f"it was to import the preload modules {list(options.preload)} first: does "
+                "one of them hang or take long to import? Otherwise " + advice
+            )
     elif isinstance(failure, RemoteProtocolError) and failure.error_code in (
         "preload-failed",
         "limits-failed",

@@ -149,3 +149,74 @@ def test_the_autograder_example_grades_as_documented() -> None:
     assert lines["test_sleeps"] == "timeout"
     assert lines["test_prints_too_much"].startswith("OutputLimitExceeded")
     assert lines["test_network"] != "pass"
+
+
+SWALLOWS_THE_LIMIT = """\
+while True:
+    try:
+        while True:
+            pass
+    except BaseException:
+        pass
+"""
+IGNORES_INTERRUPTS = (
+    "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\nwhile True:\n    pass"
+)
+
+
+@pytest.mark.parametrize(
+    "code", [SWALLOWS_THE_LIMIT, IGNORES_INTERRUPTS], ids=["swallows", "ignores"]
+)
+async def test_code_that_fights_the_cpu_limit_ends_the_runner_not_runs_on(code: str) -> None:
+    async with ex.open_runner(limits=ex.Limits(cpu_seconds=0.5)) as runner:
+        with trio.fail_after(HANG), pytest.raises(ex.RunnerDied) as info:
+            await runner.exec(code)
+        assert info.value.returncode is not None and info.value.returncode < 0
+
+
+GRANDCHILDREN = """\
+import subprocess, sys
+code = (
+    "import subprocess, sys\\n"
+    "for _ in range(8):\\n"
+    "    subprocess.run([sys.executable, '-c', 'import time\\\\nt = time.process_time()\\\\n"
+    "while time.process_time() - t < 0.3: pass'])\\n"
+)
+subprocess.run([sys.executable, '-c', code])
+"""
+
+
+async def test_cpu_of_grandchildren_reaped_by_children_counts() -> None:
+    async with ex.open_runner(limits=ex.Limits(cpu_seconds=1.0)) as runner:
+        with trio.fail_after(HANG):
+            r = await runner.exec(GRANDCHILDREN)
+            assert r.error is not None and r.error.type == "CPULimitExceeded", r
+            await _next_op_works(runner)
+
+
+async def test_a_caught_memory_error_leaves_the_runner_usable() -> None:
+    code = (
+        "L = []\ntry:\n    while True:\n        L.append(bytearray(1 << 10))\n"
+        "except MemoryError:\n    pass"
+    )
+    async with ex.open_runner(limits=ex.Limits(memory=1 << 30)) as runner:
+        with trio.fail_after(HANG):
+            assert (await runner.exec(code)).ok
+            r = await runner.exec("print('next')")  # L still holds the memory
+            assert r.stdout == "next\n" or (r.error is not None and r.error.type == "MemoryError")
+            await runner.exec("del L")
+            await _next_op_works(runner)
+
+
+async def test_output_written_between_ops_is_not_charged_to_the_next() -> None:
+    late_writer = (
+        "import subprocess, sys\n"
+        "subprocess.Popen([sys.executable, '-c', "
+        "'import time, os; time.sleep(0.3); os.write(1, b\"q\" * 5000)'])"
+    )
+    async with ex.open_runner(limits=ex.Limits(output_bytes=1000)) as runner:
+        with trio.fail_after(HANG):
+            assert (await runner.exec(late_writer)).ok
+            await trio.sleep(1.0)
+            r = await runner.exec("print('op2')")
+            assert (r.status, r.stdout) == ("ok", "op2\n"), r

@@ -37,6 +37,7 @@ import os
 import shutil
 import sys
 from collections.abc import Sequence
+
 import attrs
 
 __all__ = ["Sandbox", "sandbox_argv"]

@@ -138,6 +138,10 @@ class Capture:
         self.output_op = op
         #: Bytes the op may still write (stdout and stderr together), or None.
         self.output_left = output_limit
+        if output_limit is not None:
+            # Written while no op ran (a leftover child, a thread, a preload): under a
+            # limit it is dropped, not charged to this op.
+            self._discard()
         self._idle.release()
 
     def _within_limit(self, data: bytes) -> bytes:

@@ -99,7 +99,8 @@ def _processes() -> list[tuple[int, int, int]]:
 
 
 def descendants_cpu(root: int) -> float:
-    """CPU seconds (user + system) of ``root``'s live descendants, from one pass over /proc."""
+    """CPU seconds of ``root``'s live descendants and of the children they reaped, from
+    one pass over /proc (those we reaped are in our own ``os.times()``)."""
     if not _has_children():
         return 0.0
     pids = set(descendants(root))
@@ -112,7 +113,8 @@ def descendants_cpu(root: int) -> float:
             finally:
                 _close(fd)
             fields = stat[stat.rindex(b")") + 2 :].split()
-            total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14, 15)
+            # utime, stime, and cutime, cstime: what it reaped of its own children.
+            total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
         except (OSError, ValueError, IndexError):
             continue
     return total / _CLK_TCK

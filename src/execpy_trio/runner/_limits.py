@@ -2,25 +2,32 @@
 before any user code runs.
 
 - ``memory``: ``RLIMIT_AS``, the address space of the runner and of every process it
-  starts. An allocation past it raises ``MemoryError`` in the user's code; a reserve the
-  runner holds is given back first, so that the error can still be formatted and sent.
+  starts. An allocation past it raises ``MemoryError`` in the user's code. The soft limit
+  is ``memory`` while user code runs and ``MEMORY_HEADROOM`` more otherwise (the hard
+  limit), so that the runner can always report the error and go on, even when the code
+  keeps what it allocated.
 - ``open_files``: ``RLIMIT_NOFILE``, counted above the descriptors the runner holds itself
   when it applies it (the channel, the capture pipes, its wake-up pipe...), so the user
   gets the number asked for.
 - ``cpu_seconds``: CPU time per op, the runner's own (every thread) plus that of its
-  descendants, live ones read from ``/proc``. The I/O thread checks it every
-  ``CPU_TICK_MS`` while an op runs; past it the code gets ``CPULimitExceeded`` and the
-  descendants are killed. ``RLIMIT_CPU`` is set a second above the op's budget as a
-  backstop (its ``SIGXCPU`` raises the same error) and bounds the children too, which
-  inherit it.
+  descendants (live ones from ``/proc``, with what they reaped of theirs). The I/O thread
+  checks it every ``CPU_TICK_MS`` while an op runs; past it the code gets
+  ``CPULimitExceeded`` and the descendants are killed; at the op's end it is checked once
+  more. Code that swallows the error or ignores the interrupt is killed
+  (``CPU_GRACE`` later): the runner dies rather than run on unbounded. So is code the
+  I/O thread cannot reach (a C loop holding the GIL): ``RLIMIT_CPU``'s soft limit, one
+  to two seconds above the op's budget, with ``SIGXCPU`` left to its default action,
+  ends the process. Children inherit that soft limit.
 - ``output_bytes``: stdout plus stderr per op (see ``_capture``): bytes past it are read
   and dropped, and the code gets ``OutputLimitExceeded``.
 
 The exceptions derive from BaseException, as KeyboardInterrupt does, so that the user's
-``except Exception`` does not swallow them. Limits bind code the runner runs; code that
-calls ``setrlimit`` itself can raise the soft limits up to the hard ones (those are left
-as they were, except ``memory``, whose hard limit is set too). For code you do not trust,
-combine them with the sandbox.
+``except Exception`` does not swallow them. Limits bind code that does not fight them.
+The runner shares its process with the user's code, so code set on escaping can: raise
+soft limits with ``setrlimit`` (memory's hard limit is set too), ignore ``SIGXCPU``,
+exhaust descriptors so that ``/proc`` cannot be read, or change the runner's own objects.
+Threads the code leaves running count against the CPU of later ops. For code you do not
+trust, add the sandbox and a wall-clock bound per op (``trio.move_on_after``).
 """
 
 from __future__ import annotations
@@ -35,8 +42,12 @@ if TYPE_CHECKING:
 
 #: How often (ms) the I/O thread checks an op's CPU time while the op runs.
 CPU_TICK_MS = 20
-#: Address space held back for reporting a MemoryError (given back when one happens).
-MEMORY_RESERVE = 4 * 1024 * 1024
+#: Seconds (wall clock) an op may go on after its CPU limit was hit before the runner is
+#: killed: the code swallowed the error or ignores the interrupt.
+CPU_GRACE = 1.0
+#: Address space above the memory limit that only the runner's own code uses (the soft
+#: limit is raised to it whenever user code is not running).
+MEMORY_HEADROOM = 64 * 1024 * 1024
 
 KNOWN = ("memory", "cpu_seconds", "open_files", "output_bytes")
 
@@ -77,7 +88,7 @@ class Limits:
         self.output_bytes: int | None = self.applied.get("output_bytes")
         cpu = self.applied.get("cpu_seconds")
         self.cpu_seconds: float | None = None if cpu is None else float(cpu)
-        self._reserve: bytearray | None = None
+        self._memory_hard = 0
         self._cpu_start = 0.0
         self._root = os.getpid()
 
@@ -99,28 +110,36 @@ class Limits:
                     )
                 resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
             if self.memory is not None:
-                self._reserve = bytearray(MEMORY_RESERVE)
-                resource.setrlimit(resource.RLIMIT_AS, (self.memory, self.memory))
+                # Soft at the limit for user code; the hard one a little higher, for the
+                # runner's own work (see room_for_us). Code that raises its soft limit
+                # itself gains that headroom and no more.
+                self._memory_hard = self.memory + MEMORY_HEADROOM
+                resource.setrlimit(resource.RLIMIT_AS, (self._memory_hard, self._memory_hard))
         except (OSError, ValueError) as exc:
             raise LimitError(f"could not apply the limits {self.applied}: {exc}") from None
         if self.cpu_seconds is not None:
             import signal
 
-            signal.signal(signal.SIGXCPU, self._on_sigxcpu)
+            # The kernel's backstop: past the soft RLIMIT_CPU, SIGXCPU ends the process.
+            signal.signal(signal.SIGXCPU, signal.SIG_DFL)
 
     # -- memory ---------------------------------------------------------------------------
 
-    def release_reserve(self) -> None:
-        """After a MemoryError: give the reserve back so that the error can be reported."""
-        self._reserve = None
+    def room_for_us(self) -> None:
+        """Raise the soft address-space limit to the hard one: headroom for the runner's
+        own work (formatting an error, sending the done, reading the next request) even
+        when the user's data fills the limit. Done whenever user code is not running."""
+        if self.memory is not None:
+            import resource
 
-    def restore_reserve(self) -> None:
-        """Between ops: take the reserve again, if the address space has room."""
-        if self.memory is not None and self._reserve is None:
-            try:
-                self._reserve = bytearray(MEMORY_RESERVE)
-            except MemoryError:
-                pass  # the user's data fills it: try again after the next op
+            resource.setrlimit(resource.RLIMIT_AS, (self._memory_hard, self._memory_hard))
+
+    def limit_for_the_code(self) -> None:
+        """The soft limit back at ``memory``, as user code starts."""
+        if self.memory is not None:
+            import resource
+
+            resource.setrlimit(resource.RLIMIT_AS, (self.memory, self._memory_hard))
 
     # -- cpu ------------------------------------------------------------------------------
 
@@ -146,15 +165,15 @@ class Limits:
         if self.cpu_seconds is None:
             return
         import resource
+        import signal
 
         _, hard = resource.getrlimit(resource.RLIMIT_CPU)
         resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
+        if signal.getsignal(signal.SIGXCPU) is not signal.SIG_DFL:
+            signal.signal(signal.SIGXCPU, signal.SIG_DFL)  # user code changed it
 
     def cpu_exceeded(self) -> bool:
         """Whether the running op is over its CPU time (called by the I/O thread)."""
         return self.cpu_seconds is not None and (
             self._cpu_used() - self._cpu_start > self.cpu_seconds
         )
-
-    def _on_sigxcpu(self, signum: int, frame: Any) -> None:
-        raise CPULimitExceeded(f"the op used more than {self.cpu_seconds:g} s of CPU time")

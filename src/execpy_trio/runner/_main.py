@@ -94,7 +94,9 @@ from . import (
 )
 from ._channel import Channel, ChannelLost
 from ._children import become_subreaper, group_members, kill_descendants
-from ._limits import CPU_TICK_MS
+from ._limits import CPU_GRACE, CPU_TICK_MS
+
+_SIGKILL_NUMBER = 9
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -226,6 +228,7 @@ class Runner:
         #: The limit error the running op is to be stopped with, instead of a cancel.
         self.pending_limit: BaseException | None = None
         self._cpu_tripped = False
+        self._cpu_tripped_at = 0.0
         #: True in a child that user code forked: it must never touch the channel.
         self.forked = False
         self._exiting = _thread.allocate_lock()
@@ -643,12 +646,23 @@ class Runner:
 
     def _check_cpu(self) -> None:
         """The I/O thread's check of the op's CPU time (only with a cpu_seconds limit)."""
-        if self._cpu_tripped or self.phase not in (RUNNING, PROTECTED):
+        if self.phase not in (RUNNING, PROTECTED):
+            return
+        if self._cpu_tripped:
+            if _monotonic() - self._cpu_tripped_at > CPU_GRACE:
+                self.diag(
+                    f"op {self.running_op} went on {CPU_GRACE:g} s after its CPU limit "
+                    "(the code swallowed CPULimitExceeded or ignores interrupts): killing "
+                    "the runner"
+                )
+                self.kill_descendants()
+                _kill(self.pid, _SIGKILL_NUMBER)
             return
         if self.limits.cpu_exceeded():
             from ._limits import CPULimitExceeded
 
             self._cpu_tripped = True
+            self._cpu_tripped_at = _monotonic()
             self._limit_exceeded(
                 CPULimitExceeded(f"the op used more than {self.limits.cpu_seconds:g} s of CPU time")
             )
@@ -696,12 +710,22 @@ class Runner:
         status, value, error = self._execute(msg)
 
         self.phase = FINISHING
+        if limits.memory is not None:
+            limits.room_for_us()  # the code may have kept all it could allocate
         if _getsignal(_SIGINT) is not self._sigint_handler:
             # User code set its own (or ignored SIGINT): it lasts for its op only, or no
             # later op could be cancelled. Put back before anything else, so that a
             # redelivered interrupt cannot reach the user's handler in our own code.
             _signal.signal(_SIGINT, self._sigint_handler)
         self.capture.finish(op)
+        if limits.cpu_seconds is not None and not self._cpu_tripped and limits.cpu_exceeded():
+            # Over, and no tick saw it (a child that reaped its own): the op still ends
+            # in the limit's error.
+            from ._limits import CPULimitExceeded
+
+            self.pending_limit = CPULimitExceeded(
+                f"the op used more than {limits.cpu_seconds:g} s of CPU time"
+            )
         limit = self.pending_limit
         if limit is not None and (error is None or error["type"] != type(limit).__name__):
             # Crossed after the code ended (the output limit, seen in the final drain),
@@ -709,8 +733,6 @@ class Runner:
             status, value, error = STATUS_ERROR, None, self._error(limit)
         if limits.cpu_seconds is not None:
             limits.end_op()
-        if limits.memory is not None:
-            limits.restore_reserve()
         if with_input:
             self.input.finish()
         self.input.repair()
@@ -769,6 +791,8 @@ class Runner:
         # traceback holds this frame, and that would make a reference cycle.
         try:
             try:
+                if self.limits.memory is not None:
+                    self.limits.limit_for_the_code()
                 self.phase = RUNNING
                 if self.cancel_requested:
                     raise self.pending_limit or KeyboardInterrupt()
@@ -793,7 +817,7 @@ class Runner:
         if self.forked:
             self._child_exit(exc)
         if isinstance(exc, MemoryError):
-            self.limits.release_reserve()  # room to format and send the error
+            self.limits.room_for_us()  # room to format and send the error
         if type(exc) is KeyboardInterrupt and self.cancel_requested:
             return STATUS_CANCELLED, None, self._error(exc)
         return STATUS_ERROR, None, self._error(exc)
