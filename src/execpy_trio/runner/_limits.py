@@ -89,6 +89,7 @@ class Limits:
         cpu = self.applied.get("cpu_seconds")
         self.cpu_seconds: float | None = None if cpu is None else float(cpu)
         self._memory_hard = 0
+        self._cpu_hard = -1
         self._cpu_start = 0.0
         self._root = os.getpid()
 
@@ -118,10 +119,11 @@ class Limits:
         except (OSError, ValueError) as exc:
             raise LimitError(f"could not apply the limits {self.applied}: {exc}") from None
         if self.cpu_seconds is not None:
-            import signal
+            import _signal  # not `signal`: that imports enum
 
             # The kernel's backstop: past the soft RLIMIT_CPU, SIGXCPU ends the process.
-            signal.signal(signal.SIGXCPU, signal.SIG_DFL)
+            _signal.signal(_signal.SIGXCPU, _signal.SIG_DFL)
+            self._cpu_hard = resource.getrlimit(resource.RLIMIT_CPU)[1]
 
     # -- memory ---------------------------------------------------------------------------
 
@@ -150,13 +152,14 @@ class Limits:
     def begin_op(self) -> None:
         if self.cpu_seconds is None:
             return
-        self._cpu_start = self._cpu_used()
         import resource
 
+        t = os.times()
+        self._cpu_start = t[0] + t[1] + t[2] + t[3] + descendants_cpu(self._root)
         # The backstop, and the children's bound: they inherit it. Soft only: a hard
         # limit could never be raised again for the next op.
-        soft = int(os.times()[0] + os.times()[1] + self.cpu_seconds) + 2
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
+        soft = int(t[0] + t[1] + self.cpu_seconds) + 2
+        hard = self._cpu_hard
         if hard != resource.RLIM_INFINITY:
             soft = min(soft, hard)
         resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
@@ -164,13 +167,12 @@ class Limits:
     def end_op(self) -> None:
         if self.cpu_seconds is None:
             return
+        import _signal
         import resource
-        import signal
 
-        _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-        resource.setrlimit(resource.RLIMIT_CPU, (hard, hard))
-        if signal.getsignal(signal.SIGXCPU) is not signal.SIG_DFL:
-            signal.signal(signal.SIGXCPU, signal.SIG_DFL)  # user code changed it
+        resource.setrlimit(resource.RLIMIT_CPU, (self._cpu_hard, self._cpu_hard))
+        if _signal.getsignal(_signal.SIGXCPU) != _signal.SIG_DFL:
+            _signal.signal(_signal.SIGXCPU, _signal.SIG_DFL)  # user code changed it
 
     def cpu_exceeded(self) -> bool:
         """Whether the running op is over its CPU time (called by the I/O thread)."""
