@@ -120,3 +120,9 @@ def test_limits_refuse_values_no_runner_could_use() -> None:
         ex.Limits(memory=1 << 20)
     with pytest.raises(ValueError, match="from 0 to 1e6"):
         ex.Limits(cpu_seconds=float("inf"))
+
+
+def test_limits_refuse_ints_no_rlimit_can_carry() -> None:
+    for field in ("memory", "open_files", "output_bytes"):
+        with pytest.raises(ValueError, match="up to 2\\*\\*62"):
+            ex.Limits(**{field: 2**63 - 1})

@@ -14,15 +14,17 @@ import attrs
 
 __all__ = ["MIN_MEMORY", "Limits"]
 
+#: The largest int limit (what every rlimit and the protocol can carry, with room).
+MAX_INT_LIMIT = 2**62
 #: The smallest memory limit accepted: an idle runner maps about 230 MiB.
 MIN_MEMORY = 256 * 1024 * 1024
 
 
 def _positive_int(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and (type(value) is not int or value <= 0):
+    if value is not None and (type(value) is not int or not 0 < value <= MAX_INT_LIMIT):
         raise ValueError(
-            f"Limits.{attribute.name} must be a positive int (bytes or descriptors) or None, "
-            f"not {value!r}"
+            f"Limits.{attribute.name} must be a positive int (bytes or descriptors) up to "
+            f"2**62, or None, not {value!r}"
         )
 
 

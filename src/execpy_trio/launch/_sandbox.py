@@ -138,7 +138,7 @@ def sandbox_argv(
         **(env or {}),
     }
     inside["PYTHONPATH"] = os.pathsep.join(
-        p for p in (inside.get("PYTHONPATH", ""), _package_roots()[0]) if p
+        p for p in (inside.get("PYTHONPATH", ""), *dict.fromkeys(_package_roots())) if p
     )
     # No --die-with-parent: it is PR_SET_PDEATHSIG, which fires when the *thread* that
     # started bwrap exits (Trio starts processes from worker threads that end when idle).

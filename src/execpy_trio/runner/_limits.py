@@ -119,7 +119,7 @@ class Limits:
                 # itself gains that headroom and no more.
                 self._memory_hard = self.memory + MEMORY_HEADROOM
                 resource.setrlimit(resource.RLIMIT_AS, (self._memory_hard, self._memory_hard))
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, OverflowError) as exc:
             raise LimitError(f"could not apply the limits {self.applied}: {exc}") from None
         if self.cpu_seconds is not None:
             # The kernel's backstop: past the soft RLIMIT_CPU, SIGXCPU ends the process.
