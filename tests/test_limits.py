@@ -73,18 +73,14 @@ async def test_limits_travel_in_the_hello_and_a_runner_without_them_fails_the_st
     assert "fake 0, protocol 1.0" in message and "it applies none" in message
 
 
-async def test_a_runner_that_applies_other_limits_fails_the_start() -> None:
-    welcome = P.Welcome(
-        (1, 1),
-        "fake",
-        "0",
-        "python",
-        "3.11",
-        1,
-        P.DEFAULT_MAX_FRAME,
-        ("limits",),
-        {"memory": 2**30},
+def _welcome_1_1(capabilities: tuple[str, ...], limits: dict[str, float]) -> P.Welcome:
+    return P.Welcome(
+        (1, 1), "fake", "0", "python", "3.11", 1, P.DEFAULT_MAX_FRAME, capabilities, limits
     )
+
+
+async def test_a_runner_that_applies_other_limits_fails_the_start() -> None:
+    welcome = _welcome_1_1(("limits",), {"memory": 2**30})
     with pytest.raises(ex.RunnerStartError, match=re.escape("it applies {'memory': 1073741824}")):
         await _start_with(
             welcome, [], limits=ex.Limits(memory=2**30, cpu_seconds=1.0), handshake_timeout=5
@@ -92,17 +88,7 @@ async def test_a_runner_that_applies_other_limits_fails_the_start() -> None:
 
 
 async def test_a_runner_that_applies_them_starts() -> None:
-    welcome = P.Welcome(
-        (1, 1),
-        "fake",
-        "0",
-        "python",
-        "3.11",
-        1,
-        P.DEFAULT_MAX_FRAME,
-        ("limits", "preload"),
-        {"cpu_seconds": 2.0},
-    )
+    welcome = _welcome_1_1(("limits", "preload"), {"cpu_seconds": 2.0})
     seen: list[P.Hello] = []
     await _start_with(
         welcome, seen, limits=ex.Limits(cpu_seconds=2.0), preload=("json",), handshake_timeout=5

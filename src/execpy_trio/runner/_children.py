@@ -85,17 +85,23 @@ def _processes() -> list[tuple[int, int, int]]:
     for name in names:
         if not name.isdigit():
             continue
-        try:
-            fd = _open(f"/proc/{name}/stat", _O_RDONLY)
-            try:
-                stat = _read(fd, 4096)
-            finally:
-                _close(fd)
-            fields = stat[stat.rindex(b")") + 2 :].split(None, 3)  # state, ppid, pgrp
-            table.append((int(name), int(fields[1]), int(fields[2])))
-        except (OSError, ValueError, IndexError):
-            continue  # gone meanwhile
+        fields = _stat_fields(name)
+        if fields is not None and len(fields) > 2:  # else gone meanwhile
+            table.append((int(name), int(fields[1]), int(fields[2])))  # ppid, pgrp
     return table
+
+
+def _stat_fields(pid: int | str) -> list[bytes] | None:
+    """The fields of /proc/PID/stat after the command name (state first), or None."""
+    try:
+        fd = _open(f"/proc/{pid}/stat", _O_RDONLY)
+        try:
+            stat = _read(fd, 4096)
+        finally:
+            _close(fd)
+        return stat[stat.rindex(b")") + 2 :].split()
+    except (OSError, ValueError):
+        return None
 
 
 def descendants_cpu(root: int) -> float:
@@ -103,20 +109,12 @@ def descendants_cpu(root: int) -> float:
     one pass over /proc (those we reaped are in our own ``os.times()``)."""
     if not _has_children():
         return 0.0
-    pids = set(descendants(root))
     total = 0
-    for pid in pids:
-        try:
-            fd = _open(f"/proc/{pid}/stat", _O_RDONLY)
-            try:
-                stat = _read(fd, 4096)
-            finally:
-                _close(fd)
-            fields = stat[stat.rindex(b")") + 2 :].split()
+    for pid in set(descendants(root)):
+        fields = _stat_fields(pid)
+        if fields is not None and len(fields) > 14:
             # utime, stime, and cutime, cstime: what it reaped of its own children.
             total += int(fields[11]) + int(fields[12]) + int(fields[13]) + int(fields[14])
-        except (OSError, ValueError, IndexError):
-            continue
     return total / _CLK_TCK
 
 
