@@ -120,8 +120,9 @@ class Runner:
 
     @property
     def pid(self) -> int:
-        """The runner's process id as it reported it (remote for ``ssh``-style commands)."""
-        return self.welcome.pid
+        """The runner's process id: as it reported it (remote for ``ssh``-style commands),
+        translated to this host's for a sandboxed runner (its own PID namespace)."""
+        return self._handle.local_pid(self.welcome.pid)
 
     @property
     def handle(self) -> RunnerHandle:
@@ -158,7 +159,7 @@ class Runner:
         welcome = self._transport.welcome
         return RunnerStatistics(
             state=self.state,
-            pid=welcome.pid if welcome else None,
+            pid=self._handle.local_pid(welcome.pid) if welcome else None,
             busy=self._current is not None,
             tasks_waiting=self._op_lock.statistics().tasks_waiting,
             ops_started=self._ops_started,
@@ -170,7 +171,7 @@ class Runner:
 
     def __repr__(self) -> str:
         welcome = self._transport.welcome
-        return f"<Runner pid={welcome.pid if welcome else '?'} state={self.state}>"
+        return f"<Runner pid={self.pid if welcome else '?'} state={self.state}>"
 
     # -- operations -----------------------------------------------------------------------
 
@@ -451,7 +452,7 @@ class Runner:
                 await handle.wait()
         welcome = self._transport.welcome
         died = RunnerDied(
-            pid=welcome.pid if welcome else handle.pid,
+            pid=handle.local_pid(welcome.pid) if welcome else handle.pid,
             returncode=handle.returncode,
             stderr_tail=handle.stderr_tail(),
             op=running,

@@ -171,3 +171,18 @@ async def test_a_sandboxed_runner_lives_on_after_the_thread_that_started_it_is_g
         await trio.sleep(11)
         with trio.fail_after(HANG):
             assert (await runner.exec("print(2)")).stdout == "2\n"
+
+
+async def test_runner_pid_is_this_hosts_pid_of_the_sandboxed_runner() -> None:
+    import psutil
+
+    async with ex.open_runner(sandbox=ex.Sandbox()) as runner:
+        assert runner.welcome.pid != runner.pid  # the namespace's own numbering
+        cmdline = psutil.Process(runner.pid).cmdline()
+        assert "execpy_trio.runner" in cmdline, cmdline
+        # What user code sees as its pid maps to the same process.
+        assert await runner.eval("__import__('os').getpid()") == runner.welcome.pid
+        assert runner.statistics().pid == runner.pid
+        with pytest.raises(ex.RunnerDied) as info:
+            await runner.exec("import os, signal\nos.kill(os.getpid(), signal.SIGKILL)")
+        assert f"pid {runner.pid}" in str(info.value)

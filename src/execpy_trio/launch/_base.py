@@ -69,6 +69,11 @@ class RunnerHandle(abc.ABC):
         """End the runner now, with everything it started, without waiting. Idempotent;
         harmless after it has ended."""
 
+    def local_pid(self, reported: int) -> int:
+        """This host's pid for the pid the runner ``reported`` in its welcome: the same,
+        unless the runner lives in a PID namespace of its own (a sandbox)."""
+        return reported
+
     def stream_ended(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """The session's stream to the runner has ended (EOF, failure, or closed by us)."""
 

@@ -155,6 +155,9 @@ class LocalProcessHandle(RunnerHandle):
         if process.stderr is None:
             self._tail.done.set()
         self._pidfd = _open_pidfd(process.pid)
+        #: Whether the runner is in a PID namespace of its own (a sandbox), below bwrap.
+        self.namespaced = False
+        self._local_pids: dict[int, int] = {}
         self._returncode: int | None = None
         self._reaping = False  # from here on the pid and group id are not ours to signal
         self._exited = trio.Event()  # exited, its group killed, reaped
@@ -164,6 +167,28 @@ class LocalProcessHandle(RunnerHandle):
     @property
     def returncode(self) -> int | None:
         return self._returncode
+
+    def local_pid(self, reported: int) -> int:
+        if not self.namespaced:
+            return reported
+        found = self._local_pids.get(reported)
+        if found is None:
+            # The process below bwrap whose innermost pid (NSpid's last field) it is.
+            from ..runner._children import descendants
+
+            for pid in descendants(self.process.pid):
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    with open(f"/proc/{pid}/status", encoding="ascii", errors="replace") as f:
+                        for line in f:
+                            if line.startswith("NSpid:") and int(line.split()[-1]) == reported:
+                                found = pid
+                                break
+                if found is not None:
+                    break
+            if found is None:
+                return reported  # gone already: nothing better to say
+            self._local_pids[reported] = found
+        return found
 
     def stderr_tail(self) -> tuple[str, ...]:
         return self._tail.lines()
@@ -350,6 +375,7 @@ class LocalLauncher(Launcher):
     ) -> AsyncIterator[RunnerHandle]:
         process, stream, argv = await _spawn(options, cleanup)
         handle = LocalProcessHandle(process, stream, argv, self._echo_stderr)
+        handle.namespaced = options.sandbox is not None
         # The reaper and the stderr reader outlive a cancellation of the owner's scope: the
         # shutdown needs the exit, and the last diagnostics are still worth reporting.
         services = ShieldedServices()
