@@ -8,6 +8,15 @@ from __future__ import annotations
 
 from ._connection import PROTOCOL_VERSION, Connection, ConnectionClosed
 from ._errors import ExecpyError, LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._fields import (
+    CLIENT,
+    RUNNER,
+    STATUS_CANCELLED,
+    STATUS_ERROR,
+    STATUS_OK,
+    STDERR,
+    STDOUT,
+)
 from ._frame import (
     ABSOLUTE_MAX_FRAME,
     DEFAULT_MAX_FRAME,
@@ -23,14 +32,7 @@ from ._frame import (
     unpack_body,
 )
 from ._messages import (
-    CLIENT,
     MESSAGE_TYPES,
-    RUNNER,
-    STATUS_CANCELLED,
-    STATUS_ERROR,
-    STATUS_OK,
-    STDERR,
-    STDOUT,
     Cancel,
     Done,
     Error,

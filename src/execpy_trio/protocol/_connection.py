@@ -16,6 +16,7 @@ import msgpack
 
 from . import _state as S
 from ._errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from ._fields import CLIENT, MAX_ID, RUNNER, STDERR, STDOUT
 from ._frame import (
     ABSOLUTE_MAX_FRAME,
     BYTES_PER_OBJECT,
@@ -29,11 +30,6 @@ from ._frame import (
     unpack_body,
 )
 from ._messages import (
-    CLIENT,
-    MAX_ID,
-    RUNNER,
-    STDERR,
-    STDOUT,
     Error,
     Hello,
     Message,

@@ -7,7 +7,8 @@ through msgpack and :func:`~execpy_trio.protocol._messages.message_from_wire` as
 
 from __future__ import annotations
 
-from ._messages import MAX_ID, STDERR, STDOUT, Output
+from ._fields import MAX_ID, STDERR, STDOUT
+from ._messages import Output
 
 __all__ = ["OutputReader"]
 

@@ -32,7 +32,7 @@ ERROR is permanent. CLOSED is reached when the peer's byte stream ends.
 
 from __future__ import annotations
 
-from ._messages import CLIENT, RUNNER
+from ._fields import CLIENT, RUNNER
 
 # Connection states.
 AWAIT_HELLO = "AWAIT_HELLO"
