@@ -40,16 +40,14 @@ from __future__ import annotations
 import _thread
 import os
 import sys
+from functools import partial
 
 # Bound at import, never looked up at call time: user code may replace or delete them.
 from operator import index as _index
 from os import _exit
 from os import getppid as _getppid
 from os import kill as _kill
-from os import read as _read
 from os import write as _write
-from select import POLLIN as _POLLIN
-from select import poll as _poll
 from time import monotonic as _monotonic
 from time import sleep as _sleep
 
@@ -94,7 +92,8 @@ from . import (
 )
 from ._channel import Channel, ChannelLost
 from ._children import become_subreaper, group_members, kill_descendants
-from ._limits import CPU_GRACE, CPU_TICK_MS
+from ._io import run_io_thread, wake_io
+from ._limits import CPU_GRACE
 
 _SIGKILL_NUMBER = 9
 
@@ -112,12 +111,6 @@ _SIGINT = _signal.SIGINT
 
 CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture", "limits", "preload")
 DEFAULT_HELLO_TIMEOUT = 10.0
-#: How often the I/O thread looks for a long-running op while ops are being run (ms).
-IO_TICK_MS = 2
-#: After this many ticks without a new op, it sleeps until the next op wakes it.
-IO_DORMANT = 50
-#: How often an interrupt the main thread has not taken yet is sent again (ms).
-REDELIVER_MS = 100
 #: Objects of the client's budget kept for a done's own fields around an eval value.
 DONE_RESERVE = 16
 #: Cancels of one op closer together than this (s) signal its child processes once.
@@ -285,7 +278,7 @@ class Runner:
             {"getpass": self.input.patch_getpass, "linecache": self.executor.on_linecache_import}
         ).install()
 
-        # Hand-off of reading between the main and I/O threads (see _io_loop).
+        # Hand-off of reading between the main and I/O threads (see _io._io_loop).
         self._handoff = _thread.allocate_lock()
         self._op_gen = 0
         self._op_active = False
@@ -294,7 +287,7 @@ class Runner:
         self._io_backlog = False
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)
-        self.channel.on_control_room = self._wake_io
+        self.channel.on_control_room = partial(wake_io, self)
         self._pidfd: int | None = None
         if self.ppid > 1:
             try:
@@ -305,7 +298,7 @@ class Runner:
             # process or fails, and getppid() has changed: check once more.
             if _getppid() != self.ppid:
                 self.parent_died()
-        _thread.start_new_thread(self._io_thread, ())
+        _thread.start_new_thread(run_io_thread, (self,))
 
     # -- diagnostics and exits ------------------------------------------------------------
 
@@ -705,7 +698,7 @@ class Runner:
             wake = self._io_sleeping
             self._io_sleeping = False
         if wake:
-            self._wake_io()
+            wake_io(self)
 
         status, value, error = self._execute(msg)
 
@@ -740,7 +733,7 @@ class Runner:
             self._op_active = False
             wake = chan.reader_is_io
         if wake:
-            self._wake_io()  # the I/O thread holds read_lock: make it let go
+            wake_io(self)  # the I/O thread holds read_lock: make it let go
         chan.read_lock.acquire()
         self.executor.forget_temporary()
         self.running_op = None
@@ -874,155 +867,3 @@ class Runner:
                 "message": "",
                 "traceback": f"<the error could not be described: {fmt_exc!r}>\n",
             }
-
-    # -- the I/O thread -------------------------------------------------------------------
-
-    def _wake_io(self) -> None:
-        try:
-            _write(self._wake_w, b"!")
-        except BlockingIOError:
-            pass  # already full of wake-ups: it will wake
-
-    def _io_thread(self) -> None:
-        try:
-            self._io_loop()
-        except BaseException as exc:
-            self.internal_error(exc)
-
-    def _io_loop(self) -> None:
-        """Watch the parent; read the channel while an op runs for more than a moment.
-
-        Waking this thread at the start of every op and back at its end costs two thread
-        switches and a GIL hand-off per op, more than the rest of a round trip. So it
-        wakes on its own every IO_TICK while ops are being run, and takes over reading
-        when it sees the same op running on two ticks in a row: a short op never involves
-        it, and a cancel, ping or input reply waits at most two ticks. When no op has
-        started for IO_DORMANT ticks it sleeps until the main thread wakes it at the next
-        op start. While it reads, it holds ``read_lock``; the main thread takes it back
-        at the end of the op by waking it.
-        """
-        chan = self.channel
-        handoff = self._handoff
-        idle = _poll()
-        busy = _poll()
-        for poller in (idle, busy):
-            poller.register(self._wake_r, _POLLIN)
-            if self._pidfd is not None:
-                poller.register(self._pidfd, _POLLIN)
-        busy.register(chan.rfd, _POLLIN)
-        # Without a pidfd, notice the parent's death by polling getppid() twice a second.
-        watch_ppid = self._pidfd is None and self.ppid > 1
-        dormant_timeout = 500 if watch_ppid else None
-        last_gen = -1
-        quiet_ticks = 0
-        while True:
-            if chan.reader_is_io:
-                pending = self.cancel_requested and not self.interrupt_delivered
-                # With replies piling up unwritten, read nothing more (backpressure).
-                blocked = self._io_backlog or chan.control_full()
-                timeout = REDELIVER_MS if pending else dormant_timeout
-                if self.limits.cpu_seconds is not None and self._op_active:
-                    timeout = CPU_TICK_MS if timeout is None else min(timeout, CPU_TICK_MS)
-                ready = (idle if blocked else busy).poll(timeout)
-                if pending and not ready:
-                    self._redeliver_interrupt()
-            else:
-                ready = idle.poll(dormant_timeout if self._io_sleeping else IO_TICK_MS)
-            for fd, _ev in ready:
-                if fd == self._wake_r:
-                    _read(self._wake_r, 4096)
-                    if self._io_backlog and chan.reader_is_io and not chan.control_full():
-                        self._io_read(buffered_only=True)
-                elif fd == self._pidfd:
-                    self.parent_died()
-                else:
-                    self._io_read()
-                    if self.lost:
-                        # End of stream stays readable: polling it again would spin at full
-                        # CPU (and take the GIL from the unwinding op) until the exit.
-                        busy.unregister(chan.rfd)
-            if watch_ppid and _getppid() != self.ppid:
-                self.parent_died()
-            if self.limits.cpu_seconds is not None and self._op_active:
-                self._check_cpu()
-            took_over = False
-            with handoff:
-                if chan.reader_is_io:
-                    if not self._op_active:
-                        # What is left in the decoder is the main thread's to read now.
-                        self._io_backlog = False
-                        chan.reader_is_io = False
-                        chan.read_lock.release()
-                elif self._op_active:
-                    quiet_ticks = 0
-                    if self._op_gen == last_gen and chan.read_lock.acquire(False):
-                        chan.reader_is_io = took_over = True
-                    last_gen = self._op_gen
-                elif self._op_gen == last_gen:
-                    quiet_ticks += 1
-                    if quiet_ticks >= IO_DORMANT:
-                        self._io_sleeping = True
-                else:
-                    last_gen = self._op_gen
-                    quiet_ticks = 0
-            if took_over:
-                # Frames that came in the same read as the op's request (a ping or cancel
-                # right behind it) are already decoded-ready: no poll would report them.
-                self._io_read(buffered_only=True)
-
-    def _io_read(self, buffered_only: bool = False) -> None:
-        """Read a chunk if one is there, then act on every complete frame buffered.
-
-        Stops while the control queue is full (its replies are not being written): the
-        rest stays in the decoder, ``_io_backlog`` is set, and the channel is not read
-        again until the queue has room and the backlog is done.
-        """
-        chan = self.channel
-        try:
-            if not buffered_only:
-                chan.fill_if_readable()
-            while True:
-                if chan.control_full():
-                    self._io_backlog = True
-                    return
-                ev = chan.next_buffered()
-                if ev is NEED_DATA:
-                    self._io_backlog = False
-                    return
-                self._io_dispatch(ev)
-                if type(ev) is ConnectionClosed:
-                    return
-        except RemoteProtocolError as exc:
-            self.protocol_failure(exc)
-
-    def _io_dispatch(self, ev: Any) -> None:
-        kind = type(ev)
-        if kind is Cancel:
-            if ev.op == self.running_op:
-                self.interrupt()
-        elif kind is InputReply:
-            self.input.deliver(ev.op, ev.text)
-        elif kind is Ping:
-            self._control(Pong(ev.token))
-        elif kind is Exec or kind is Eval:
-            self._control(
-                Error(
-                    "busy",
-                    f"op {ev.op} rejected: op {self.running_op} is still running; wait "
-                    "for its done (or cancel it) before sending another exec or eval",
-                    op=ev.op,
-                )
-            )
-        elif kind is Shutdown:
-            self.shutdown_requested = True
-            self.interrupt()
-        elif kind is ConnectionClosed:
-            self.channel_lost()
-        else:
-            self._other_message(ev, self._control)
-
-    def _control(self, msg: Message) -> None:
-        try:
-            self.channel.send_control(msg)
-        except ChannelLost:
-            self.channel_lost()
