@@ -106,6 +106,15 @@ async def scripted(
         raise_unwrapped(group)
 
 
+async def cancelled_then_serve(fake: FakeRunner) -> None:
+    """A script: the handshake, one exec answered only once cancelled, then serving."""
+    await fake.handshake()
+    req = await fake.expect(P.Exec)
+    await fake.expect(P.Cancel)
+    await fake.send(P.Done(req.op, "cancelled"))
+    await fake.serve_until_shutdown()
+
+
 async def ok_done(fake: FakeRunner, value: Any = None, status: str = "ok") -> P.Exec:
     req = await fake.receive()
     assert type(req) in (P.Exec, P.Eval), req

@@ -147,8 +147,9 @@ def test_streams_output_live(tmp_path: Path) -> None:
         assert proc.wait(timeout=30) == 0
 
 
-def test_ctrl_c_interrupts_the_code() -> None:
-    code = "import time\nprint('go', flush=True)\nwhile True:\n    time.sleep(0.05)"
+@contextlib.contextmanager
+def _running_until_go(code: str) -> Iterator[tuple[subprocess.Popen[bytes], DeadlineReader]]:
+    """``execpy run -c code``, once it has printed "go"; yields it and its stderr reader."""
     proc = subprocess.Popen(
         [*EXECPY, "run", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -156,8 +157,14 @@ def test_ctrl_c_interrupts_the_code() -> None:
         assert proc.stdout is not None and proc.stderr is not None
         deadline = time.monotonic() + 60  # a hang detector
         assert DeadlineReader(proc.stdout.fileno(), deadline).read_until(b"\n") == b"go\n"
+        yield proc, DeadlineReader(proc.stderr.fileno(), deadline)
+
+
+def test_ctrl_c_interrupts_the_code() -> None:
+    code = "import time\nprint('go', flush=True)\nwhile True:\n    time.sleep(0.05)"
+    with _running_until_go(code) as (proc, errors):
         os.kill(proc.pid, signal.SIGINT)
-        err = DeadlineReader(proc.stderr.fileno(), deadline).read_until(None)
+        err = errors.read_until(None)
         assert proc.wait(timeout=30) == cli.EXIT_INTERRUPTED
     assert b"KeyboardInterrupt" in err
 
@@ -167,14 +174,7 @@ def test_second_ctrl_c_kills_the_runner_and_exits_130() -> None:
         "import signal, time\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n"
         "print('go', flush=True)\nwhile True:\n    time.sleep(0.05)"
     )
-    proc = subprocess.Popen(
-        [*EXECPY, "run", "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    with proc, killed_on_failure(proc):
-        assert proc.stdout is not None and proc.stderr is not None
-        deadline = time.monotonic() + 60  # a hang detector
-        assert DeadlineReader(proc.stdout.fileno(), deadline).read_until(b"\n") == b"go\n"
-        errors = DeadlineReader(proc.stderr.fileno(), deadline)
+    with _running_until_go(code) as (proc, errors):
         os.kill(proc.pid, signal.SIGINT)  # ignored by the code
         errors.read_until(b"Ctrl-C again to kill")
         os.kill(proc.pid, signal.SIGINT)

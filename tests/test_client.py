@@ -15,7 +15,7 @@ import trio.testing
 
 import execpy_trio as ex
 import execpy_trio.protocol as P
-from fake_runner import WELCOME, FakeRunner, ok_done, scripted
+from fake_runner import WELCOME, FakeRunner, cancelled_then_serve, ok_done, scripted
 
 # --- handshake ---------------------------------------------------------------------------
 
@@ -500,15 +500,8 @@ async def test_abandoned_stream_is_cancelled() -> None:
 
 
 async def test_exception_in_stream_body_cancels_and_propagates_unwrapped() -> None:
-    async def script(fake: FakeRunner) -> None:
-        await fake.handshake()
-        req = await fake.expect(P.Exec)
-        await fake.expect(P.Cancel)
-        await fake.send(P.Done(req.op, "cancelled"))
-        await fake.serve_until_shutdown()
-
     with pytest.raises(KeyError) as info:
-        async with scripted(script) as (runner, _fake):
+        async with scripted(cancelled_then_serve) as (runner, _fake):
             async with runner.exec_stream("input()"):
                 raise KeyError("mine")
     assert type(info.value) is KeyError  # not an ExceptionGroup

@@ -18,7 +18,7 @@ import trio.testing
 import execpy_trio as ex
 import execpy_trio.protocol as P
 from execpy_trio._transport import TransportBroken
-from fake_runner import FakeRunner, Script, scripted
+from fake_runner import FakeRunner, Script, cancelled_then_serve, scripted
 
 if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
     from exceptiongroup import BaseExceptionGroup
@@ -467,14 +467,7 @@ async def test_aclose_inside_an_unread_stream_block_reads_the_completion(
 
 
 async def test_nested_op_in_the_same_task_is_a_clear_error() -> None:
-    async def script(fake: FakeRunner) -> None:
-        await fake.handshake()
-        req = await fake.expect(P.Exec)
-        await fake.expect(P.Cancel)
-        await fake.send(P.Done(req.op, "cancelled"))
-        await fake.serve_until_shutdown()
-
-    async with scripted(script) as (runner, _):
+    async with scripted(cancelled_then_serve) as (runner, _):
         with pytest.raises(RuntimeError, match="already running op 1"):
             async with runner.exec_stream("x"):
                 await runner.exec("y")
