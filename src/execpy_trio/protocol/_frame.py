@@ -79,12 +79,8 @@ def unpack_body(body: bytes | bytearray | memoryview, max_frame: int | None = No
     ``max_frame`` is the receiver's frame limit; the body may hold ``max_objects`` of it.
     Without it, no budget applies beyond the body's length.
     """
-    # msgpack >= 1.0 defaults: raw=False (str is str), use_list=True, strict_map_key=True
-    # (map keys are str or bytes); passing them again costs time on every frame.
     try:
-        if max_frame is not None and len(body) * 2 > max_objects(max_frame):
-            return _unpack_counted(body, max_objects(max_frame))
-        return _unpackb(body, ext_hook=_refuse_ext)
+        return _decode(body, None if max_frame is None else max_objects(max_frame))
     except Exception as exc:  # msgpack raises many unrelated types; all mean "bad frame"
         raise _bad_frame(exc, body, max_frame) from exc
 
@@ -97,15 +93,20 @@ def undecodable_reason(
     ``reserve``: objects kept back from the budget for the message ``body`` is to be a
     field of (the rest of a done around an eval value).
     """
-    limit = max_objects(max_frame) - reserve
     try:
-        if len(body) * 2 > limit:
-            _unpack_counted(body, limit)
-        else:
-            _unpackb(body, ext_hook=_refuse_ext)
+        _decode(body, max_objects(max_frame) - reserve)
     except Exception as exc:
         return _why(exc, body, max_frame)
     return None
+
+
+def _decode(body: bytes | bytearray | memoryview, limit: int | None) -> Any:
+    # A body of up to half the budget in bytes is always within it: decoded uncounted.
+    # msgpack >= 1.0 defaults: raw=False (str is str), use_list=True, strict_map_key=True
+    # (map keys are str or bytes); passing them again costs time on every frame.
+    if limit is not None and len(body) * 2 > limit:
+        return _unpack_counted(body, limit)
+    return _unpackb(body, ext_hook=_refuse_ext)
 
 
 class _OverBudget(Exception):
