@@ -17,6 +17,7 @@ from ._errors import (
     RunnerStartError,
 )
 from ._limits import Limits
+from .manager import Manager, ManagerStatistics, PoolFull, PoolOptions, open_manager
 from ._open import connect_runner, open_runner, start_runner
 from ._operation import Operation
 from ._options import RunnerOptions
@@ -35,9 +36,13 @@ __all__ = [
     "Limits",
     "LocalLauncher",
     "LocalProtocolError",
+    "Manager",
+    "ManagerStatistics",
     "Operation",
     "OperationRejected",
     "Output",
+    "PoolFull",
+    "PoolOptions",
     "ProtocolError",
     "RemoteProtocolError",
     "Runner",
@@ -49,6 +54,7 @@ __all__ = [
     "Sandbox",
     "StreamLauncher",
     "connect_runner",
+    "open_manager",
     "open_runner",
     "start_runner",
 ]

@@ -96,6 +96,7 @@ class Runner:
         self._next_op = 1
         self._state: RunnerState = RUNNING
         self._kill_reason: str | None = None
+        self._killed = False
         # The one error for "the connection ended", decided once (see the module docstring).
         self._death: BaseException | None = None
         self._death_known = trio.Event()
@@ -154,6 +155,20 @@ class Runner:
     def stderr_tail(self) -> tuple[str, ...]:
         """The last lines the runner wrote to its own stderr (its diagnostics)."""
         return self._handle.stderr_tail()
+
+    @property
+    def killed(self) -> bool:
+        """Whether this client killed the runner (:meth:`kill`, or an op that ignored its
+        cancel past ``cancel_grace``), as opposed to it ending on its own or being closed."""
+        return self._killed
+
+    def resident_memory(self) -> int | None:
+        """Bytes of RAM the runner's process uses now (its resident set), or None when
+        the launcher cannot see it (no local process, or it has ended)."""
+        welcome = self._transport.welcome
+        if welcome is None or self.state != RUNNING:
+            return None
+        return self._handle.resident_memory(self._handle.local_pid(welcome.pid))
 
     def statistics(self) -> RunnerStatistics:
         welcome = self._transport.welcome
@@ -500,6 +515,7 @@ class Runner:
         if self._state == RUNNING:
             self._state = DEAD
             self._kill_reason = reason
+            self._killed = True
         self._handle.kill()
         with trio.CancelScope(shield=True):
             await self._transport.abort(PeerClosed("killed", clean=False))

@@ -74,6 +74,11 @@ class RunnerHandle(abc.ABC):
         unless the runner lives in a PID namespace of its own (a sandbox)."""
         return reported
 
+    def resident_memory(self, pid: int) -> int | None:
+        """Bytes of RAM the runner's process ``pid`` (a local pid) uses now, or None when
+        this launcher cannot see it."""
+        return None
+
     def stream_ended(self) -> None:  # noqa: B027 - optional hook, a no-op by default
         """The session's stream to the runner has ended (EOF, failure, or closed by us)."""
 

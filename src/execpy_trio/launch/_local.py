@@ -52,6 +52,7 @@ TERMINATE_WAIT: Final = 1.0
 #: After SIGKILL, how long to wait to reap the process (it cannot refuse; this only bounds
 #: a kernel that is slow to tear it down).
 REAP_WAIT: Final = 5.0
+_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 
 
 def runner_command(options: RunnerOptions, fd: int | None) -> list[str]:
@@ -192,6 +193,15 @@ class LocalProcessHandle(RunnerHandle):
 
     def stderr_tail(self) -> tuple[str, ...]:
         return self._tail.lines()
+
+    def resident_memory(self, pid: int) -> int | None:
+        if self._reaping:
+            return None  # exited: the pid may belong to another process now
+        try:
+            with open(f"/proc/{pid}/statm", "rb") as f:
+                return int(f.read().split()[1]) * _PAGE_SIZE
+        except (OSError, ValueError, IndexError):
+            return None
 
     async def wait(self) -> None:
         await self._ended.wait()

@@ -1,0 +1,513 @@
+"""The manager's scheduling core: which runner serves which caller, and what the pool is
+short of. Bookkeeping only: no I/O and no tasks; :mod:`execpy_trio.manager` acts on its
+answers (starts runners, closes them, pings them).
+
+Theory of operation
+-------------------
+The pool keeps ``size + fresh_spares`` runners (its *target*) and lets at most ``size``
+of them work at a time. A runner is **fresh** until it is first handed out; after that it
+is **used** and is never handed out as fresh again. An exclusive hand-out is a *lease*.
+
+* A caller that asks for any runner gets an idle used one if there is one (least
+  recently used first), else a retiring one, else a fresh one. A caller that asks for a
+  fresh runner gets only a fresh one, and that runner is discarded when it is returned.
+* Callers queue in one FIFO order. When a runner comes free, the earliest caller that can
+  take it gets it: a caller waiting for a fresh runner to start does not hold up a later
+  caller that any idle runner would serve.
+* The inventory counts runners that will stay: not dead, not retiring, not to be
+  discarded. The pool asks for a new runner whenever it is below target (so a runner
+  leased fresh is replaced while its op still runs) and retires an idle used runner when
+  callers wait for fresh ones and the inventory has no room to start them.
+* A retiring runner (too many ops, too much memory) keeps serving, last in line, until its
+  replacement has arrived; then it is closed between ops.
+* Start failures in a row are counted (a runner that dies before it served anything
+  counts too); after ``start_attempts`` the pool is *broken*: nothing more is started and
+  callers that nothing can serve any more get the :class:`RunnerStartError`.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections import deque
+from typing import TYPE_CHECKING, Any, Final, Literal
+
+import attrs
+import trio
+
+from ._errors import ExecpyError, RunnerStartError
+
+if TYPE_CHECKING:
+    from ._session import Runner
+
+__all__ = ["Entry", "Pool", "PoolFull", "PoolOptions"]
+
+#: The longest pause between start attempts after failures.
+MAX_BACKOFF: Final = 5.0
+#: A fresh runner that ends by itself this soon after it joined failed to start, as far as
+#: the failure streak is concerned.
+START_SETTLE: Final = 1.0
+
+EntryState = Literal["idle", "busy", "checking", "gone"]
+IDLE: Final = "idle"
+BUSY: Final = "busy"
+CHECKING: Final = "checking"  # idle, being pinged by the heartbeat
+GONE: Final = "gone"
+
+#: Why a runner left the pool: the counters of :class:`ManagerStatistics`.
+Bucket = Literal["crashed", "killed", "recycled", "discarded"]
+
+
+class PoolFull(ExecpyError):
+    """A call would have waited for a runner, but ``max_waiting`` callers already wait."""
+
+
+def _at_least(minimum: int) -> Any:
+    def check(instance: object, attribute: attrs.Attribute[int], value: int) -> None:
+        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+            raise ValueError(f"{attribute.name} must be an integer >= {minimum}, not {value!r}")
+
+    return check
+
+
+def _optional_at_least(minimum: int) -> Any:
+    check = _at_least(minimum)
+
+    def optional(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
+        if value is not None:
+            check(instance, attribute, value)
+
+    return optional
+
+
+def _seconds(instance: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a positive number of seconds, not {value!r}")
+
+
+@attrs.frozen(kw_only=True)
+class PoolOptions:
+    """How a manager keeps its pool. Every field has a default; see docs/manager.md.
+
+    - ``size``: runners that work at a time (ops running at once).
+    - ``fresh_spares``: runners kept started beyond ``size``, so that a ``fresh=True``
+      call rarely waits for a start.
+    - ``max_waiting``: callers that may wait for a runner; one more gets :class:`PoolFull`
+      at once. None: no bound.
+    - ``recycle_after_ops``: retire a runner once it has run this many ops. None: never.
+    - ``recycle_above_rss``: retire a runner whose resident memory, after an op, is above
+      this many bytes (local runners only). None: never.
+    - ``heartbeat_interval``: ping a runner that has been idle this long (seconds);
+      ``heartbeat_timeout``: one that does not answer within it is killed and replaced.
+    - ``start_attempts``: starts that fail in a row before the manager gives up with
+      :class:`RunnerStartError`; ``start_backoff``: the pause after the first failure,
+      doubled after each further one (at most 5 s).
+    """
+
+    size: int = attrs.field(default=4, validator=_at_least(1))
+    fresh_spares: int = attrs.field(default=1, validator=_at_least(0))
+    max_waiting: int | None = attrs.field(default=None, validator=_optional_at_least(0))
+    recycle_after_ops: int | None = attrs.field(default=None, validator=_optional_at_least(1))
+    recycle_above_rss: int | None = attrs.field(default=None, validator=_optional_at_least(1))
+    heartbeat_interval: float = attrs.field(default=2.0, validator=_seconds)
+    heartbeat_timeout: float = attrs.field(default=2.0, validator=_seconds)
+    start_attempts: int = attrs.field(default=3, validator=_at_least(1))
+    start_backoff: float = attrs.field(default=0.1, validator=_seconds)
+
+    @property
+    def target(self) -> int:
+        return self.size + self.fresh_spares
+
+
+#: The names of :class:`PoolOptions`, to tell them from runner options in keywords.
+POOL_OPTION_NAMES: Final = frozenset(a.name for a in attrs.fields(PoolOptions))
+
+
+class Entry:
+    """One runner of the pool, and what the pool knows of it."""
+
+    __slots__ = (
+        "discard",
+        "fresh",
+        "idle_since",
+        "joined",
+        "retiring",
+        "runner",
+        "state",
+        "was_fresh",
+    )
+
+    def __init__(self, runner: Runner, now: float) -> None:
+        self.runner = runner
+        self.state: EntryState = IDLE
+        self.fresh = True  # never handed out
+        self.was_fresh = False  # fresh before its current lease
+        self.retiring = False
+        self.discard = False  # leased fresh: thrown away when returned
+        self.idle_since = now
+        self.joined = now
+
+    def __repr__(self) -> str:
+        flags = [f for f in ("fresh", "retiring", "discard") if getattr(self, f)]
+        return f"<Entry {self.runner!r} {self.state} {' '.join(flags)}>"
+
+
+class Waiter:
+    __slots__ = ("entry", "error", "event", "fresh", "seq", "since", "waiting")
+
+    def __init__(self, seq: int, fresh: bool, since: float) -> None:
+        self.seq = seq
+        self.fresh = fresh
+        self.since = since
+        self.event = trio.Event()
+        self.entry: Entry | None = None
+        self.error: BaseException | None = None
+        self.waiting = True
+
+
+class Pool:
+    """The state of one manager's pool (see the module docstring)."""
+
+    def __init__(self, options: PoolOptions) -> None:
+        self.options = options
+        self.entries: set[Entry] = set()  # every runner not yet gone
+        # Idle runners by kind, each in least-recently-used order.
+        self._idle_used: dict[Entry, None] = {}
+        self._idle_retiring: dict[Entry, None] = {}
+        self._idle_fresh: dict[Entry, None] = {}
+        self._checking = 0
+        self._waiters_any: deque[Waiter] = deque()
+        self._waiters_fresh: deque[Waiter] = deque()
+        self._seq = itertools.count()
+        self.waiting = 0
+        self._fresh_waiting = 0
+        self.busy = 0
+        self.starting = 0
+        self.streak = 0  # start failures in a row
+        self.broken: RunnerStartError | None = None
+        self.closed = False
+        self.counts = {
+            "spawned": 0,
+            "crashed": 0,
+            "killed": 0,
+            "recycled": 0,
+            "discarded": 0,
+            "fresh_waits": 0,
+            "leases": 0,
+            "start_failures": 0,
+        }
+
+    # -- the inventory --------------------------------------------------------------------
+
+    @property
+    def idle(self) -> int:
+        return (
+            len(self._idle_used) + len(self._idle_retiring) + len(self._idle_fresh) + self._checking
+        )
+
+    def _staying(self) -> int:
+        """Runners that will stay: the inventory, measured against the target."""
+        return sum(1 for e in self.entries if not (e.retiring or e.discard))
+
+    def wanted_starts(self) -> int:
+        """How many more runners to start now."""
+        if self.closed or self.broken is not None:
+            return 0
+        return max(0, self.options.target - self._staying() - self.starting)
+
+    def backoff(self) -> float:
+        """The pause before the next start attempt."""
+        if self.streak == 0:
+            return 0.0
+        return float(min(self.options.start_backoff * 2 ** (self.streak - 1), MAX_BACKOFF))
+
+    def added(self, runner: Runner, now: float) -> Entry:
+        """A runner has started: it joins the pool, idle and fresh."""
+        entry = Entry(runner, now)
+        self.entries.add(entry)
+        self._idle_fresh[entry] = None
+        self.counts["spawned"] += 1
+        return entry
+
+    def start_failed(self, error: RunnerStartError) -> None:
+        self.counts["start_failures"] += 1
+        self.streak += 1
+        if self.streak >= self.options.start_attempts and self.broken is None:
+            attempts = self.options.start_attempts
+            broken = RunnerStartError(
+                f"the manager gave up starting runners after {attempts} failed start"
+                f"{'s' if attempts != 1 else ''} in a row; the last: {error}",
+                stderr_tail=error.stderr_tail,
+                returncode=error.returncode,
+            )
+            broken.__cause__ = error
+            self.broken = broken
+
+    def _idle_of(self, entry: Entry) -> dict[Entry, None]:
+        if entry.fresh:
+            return self._idle_fresh
+        if entry.retiring:
+            return self._idle_retiring
+        return self._idle_used
+
+    def _make_idle(self, entry: Entry, now: float) -> None:
+        entry.state = IDLE
+        entry.idle_since = now
+        self._idle_of(entry)[entry] = None
+
+    def _remove(self, entry: Entry, bucket: Bucket) -> None:
+        if entry.state == IDLE:
+            del self._idle_of(entry)[entry]
+        elif entry.state == CHECKING:
+            self._checking -= 1
+        entry.state = GONE
+        self.entries.discard(entry)
+        self.counts[bucket] += 1
+
+    # -- leases ---------------------------------------------------------------------------
+
+    def _head(self, queue: deque[Waiter]) -> Waiter | None:
+        while queue and not queue[0].waiting:
+            queue.popleft()  # cancelled while waiting: dropped here, in O(1)
+        return queue[0] if queue else None
+
+    def _any_idle(self) -> Entry | None:
+        for idle in (self._idle_used, self._idle_retiring, self._idle_fresh):
+            if idle:
+                return next(iter(idle))
+        return None
+
+    def _hand_out(self, entry: Entry, fresh: bool) -> None:
+        del self._idle_of(entry)[entry]
+        entry.state = BUSY
+        entry.was_fresh = entry.fresh
+        entry.fresh = False
+        entry.discard = fresh
+        self.busy += 1
+        self.counts["leases"] += 1
+
+    def _settle(
+        self, waiter: Waiter, *, entry: Entry | None = None, error: BaseException | None = None
+    ) -> None:
+        waiter.waiting = False
+        waiter.entry = entry
+        waiter.error = error
+        self.waiting -= 1
+        if waiter.fresh:
+            self._fresh_waiting -= 1
+        waiter.event.set()
+
+    def dispatch(self) -> None:
+        """Give free runners to waiting callers, earliest first."""
+        size = self.options.size
+        while self.busy < size:
+            general = self._head(self._waiters_any)
+            fresh = self._head(self._waiters_fresh)
+            any_idle = self._any_idle() if general is not None else None
+            fresh_idle = next(iter(self._idle_fresh), None) if fresh is not None else None
+            if any_idle is not None and (fresh_idle is None or general.seq < fresh.seq):  # type: ignore[union-attr]
+                waiter, entry, queue = general, any_idle, self._waiters_any
+            elif fresh_idle is not None:
+                waiter, entry, queue = fresh, fresh_idle, self._waiters_fresh
+            else:
+                break
+            assert waiter is not None
+            queue.popleft()
+            if waiter.fresh and entry.joined > waiter.since:
+                self.counts["fresh_waits"] += 1  # its runner started after it asked
+            self._hand_out(entry, waiter.fresh)
+            self._settle(waiter, entry=entry)
+        if self.broken is not None:
+            self._fail_hopeless(self.broken)
+
+    def _fail_hopeless(self, error: RunnerStartError) -> None:
+        """Nothing more is started: fail the callers that nothing left can serve."""
+        if self.starting:
+            return  # a start under way may still succeed
+        hopeless_fresh = not self._idle_fresh
+        hopeless_any = not any(e.runner.is_alive for e in self.entries)
+        for queue, hopeless in (
+            (self._waiters_fresh, hopeless_fresh),
+            (self._waiters_any, hopeless_any),
+        ):
+            if hopeless:
+                while queue:
+                    waiter = queue.popleft()
+                    if waiter.waiting:
+                        self._settle(waiter, error=error)
+
+    def check_usable(self) -> None:
+        if self.closed:
+            raise trio.ClosedResourceError("this manager was closed; open a new one")
+
+    async def acquire(self, fresh: bool) -> Entry:
+        """Lease a runner (FIFO). Cancellable while waiting: then nothing was leased."""
+        await trio.lowlevel.checkpoint_if_cancelled()
+        self.check_usable()
+        waiter = Waiter(next(self._seq), fresh, trio.current_time())
+        (self._waiters_fresh if fresh else self._waiters_any).append(waiter)
+        self.waiting += 1
+        if fresh:
+            self._fresh_waiting += 1
+        self.dispatch()
+        if waiter.waiting:
+            limit = self.options.max_waiting
+            if limit is not None and self.waiting > limit:
+                self._settle(
+                    waiter,
+                    error=PoolFull(
+                        f"no runner is free and {limit} caller{'s' if limit != 1 else ''} "
+                        f"already wait for one (max_waiting={limit}); retry later, or "
+                        "raise size or max_waiting"
+                    ),
+                )
+            else:
+                try:
+                    await waiter.event.wait()
+                except BaseException:
+                    if waiter.waiting:
+                        waiter.waiting = False  # dropped from its queue lazily
+                        self.waiting -= 1
+                        if fresh:
+                            self._fresh_waiting -= 1
+                    elif waiter.entry is not None:
+                        self._give_back(waiter.entry)
+                    raise
+        if waiter.error is not None:
+            raise waiter.error.with_traceback(None)
+        assert waiter.entry is not None
+        return waiter.entry
+
+    def _give_back(self, entry: Entry) -> None:
+        """A leased runner its caller never used (cancelled as it was handed over)."""
+        if self.closed:
+            return
+        self.busy -= 1
+        self.counts["leases"] -= 1
+        entry.fresh = entry.was_fresh
+        entry.discard = False
+        if entry.state == BUSY:
+            self._make_idle(entry, trio.current_time())
+        self.dispatch()
+
+    def release(self, entry: Entry, *, recycle: bool, now: float) -> Bucket | None:
+        """A lease ended. Returns why the runner leaves the pool (the manager then closes
+        it), or None if it stays."""
+        runner = entry.runner
+        if self.closed:
+            return None  # the shutdown closes it
+        self.busy -= 1
+        if entry.state == GONE:
+            return None
+        bucket: Bucket | None = None
+        if not runner.is_alive:
+            bucket = (
+                "killed"
+                if runner.killed
+                else ("discarded" if runner.state == "closed" else "crashed")
+            )
+        elif entry.discard:
+            bucket = "discarded"
+        else:
+            self.streak = 0  # it served and lives: starting works
+            if recycle:
+                entry.retiring = True
+            if entry.retiring and self._staying() >= self.options.target:
+                bucket = "recycled"
+        if bucket is not None:
+            self._remove(entry, bucket)
+            return bucket
+        self._make_idle(entry, now)
+        return None
+
+    def runner_ended(self, entry: Entry, now: float) -> Bucket | None:
+        """The watcher saw a runner end. Returns its bucket if it left the pool now (it
+        was idle); a busy one leaves when its caller returns it."""
+        if entry.state == GONE or self.closed:
+            return None  # closed by us
+        if entry.state == BUSY:
+            entry.discard = True  # so that a replacement starts now
+            return None
+        runner = entry.runner
+        bucket: Bucket = "killed" if runner.killed else "crashed"
+        if bucket == "crashed" and entry.fresh and now - entry.joined < START_SETTLE:
+            # It died as soon as it started, before it served anything: a failed start.
+            died = runner.lost_error()
+            self.start_failed(
+                RunnerStartError(
+                    f"a runner died right after it started, before it ran any code: {died}",
+                    stderr_tail=runner.stderr_tail(),
+                    returncode=runner.returncode,
+                )
+            )
+        self._remove(entry, bucket)
+        return bucket
+
+    # -- rebalancing and the heartbeat ----------------------------------------------------
+
+    def rebalance(self) -> list[Entry]:
+        """Retire idle used runners to make room for fresh ones callers wait for; return
+        the retiring runners whose replacements have arrived (to close now)."""
+        closing: list[Entry] = []
+        if self.closed:
+            return closing
+        if self.broken is None:
+            short = (
+                min(self._fresh_waiting, self.options.size - self.busy)
+                - self.starting
+                - len(self._idle_fresh)
+            )
+            while short > 0 and self.wanted_starts() == 0 and self._idle_used:
+                entry = next(iter(self._idle_used))
+                del self._idle_used[entry]
+                entry.retiring = True
+                self._idle_retiring[entry] = None
+                short -= 1
+        while self._idle_retiring and self._staying() >= self.options.target:
+            entry = next(iter(self._idle_retiring))
+            self._remove(entry, "recycled")
+            closing.append(entry)
+        return closing
+
+    def due_for_heartbeat(self, idle_since: float) -> list[Entry]:
+        """Idle runners idle since before ``idle_since``: they are taken out of service
+        (state "checking") until :meth:`checked`."""
+        due: list[Entry] = []
+        for idle in (self._idle_used, self._idle_retiring, self._idle_fresh):
+            for entry in list(idle):
+                if entry.idle_since <= idle_since:
+                    del idle[entry]
+                    entry.state = CHECKING
+                    self._checking += 1
+                    due.append(entry)
+        return due
+
+    def checked(self, entry: Entry, now: float) -> None:
+        """A heartbeat ping was answered: back in service."""
+        if entry.state == CHECKING:
+            self._checking -= 1
+            self._make_idle(entry, now)
+            self.streak = 0
+
+    # -- closing --------------------------------------------------------------------------
+
+    def close(self) -> list[Entry]:
+        """Closed: fail every waiter; return every runner still in the pool (to close),
+        which leaves it."""
+        self.closed = True
+        self.busy = 0
+        error = trio.ClosedResourceError(
+            "the manager was closed while this call waited for a runner"
+        )
+        for queue in (self._waiters_any, self._waiters_fresh):
+            while queue:
+                waiter = queue.popleft()
+                if waiter.waiting:
+                    self._settle(waiter, error=error)
+        entries = list(self.entries)
+        self.entries.clear()
+        for idle in (self._idle_used, self._idle_retiring, self._idle_fresh):
+            idle.clear()
+        self._checking = 0
+        for entry in entries:
+            entry.state = GONE
+        return entries

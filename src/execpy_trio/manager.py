@@ -1,0 +1,407 @@
+"""The manager: ``open_manager`` and :class:`Manager`, a pool of runners that stays healthy.
+
+Theory of operation
+-------------------
+A manager owns one nursery. In it run the runners' supervising tasks (started with
+:func:`start_runner` through the manager's launcher, like any runner), a watcher per
+runner, the heartbeat, and the tasks that start and close runners. Which runner serves
+which caller is decided by :class:`~execpy_trio._pool.Pool` (bookkeeping only); after
+every change :meth:`Manager._changed` acts on what the pool is short of.
+
+The manager leases sessions and never reaches into them: it uses a runner's public API
+(``exec``, ``ping``, ``kill``, ``aclose``, ``wait_closed``, ``is_alive``, ``killed``,
+``statistics``, ``resident_memory``) and nothing else.
+
+* **Death** is noticed by the runner's watcher (``wait_closed``) at once, not at its next
+  use. An idle runner leaves the pool then; a busy one when its caller returns it (its op
+  has failed with RunnerDied); a replacement starts at once in both cases.
+* **Hangs**: a runner whose op ignores an interrupt is killed by the session after
+  ``cancel_grace`` (the caller's cancel scope decides when); an idle runner is pinged
+  after ``heartbeat_interval`` of idleness and killed if it does not answer within
+  ``heartbeat_timeout``. Busy runners are never pinged.
+* **Closing** fails the waiting callers, stops the starts under way, and closes every
+  runner at once (each bounded by its own ``cancel_grace`` and ``shutdown_timeout``),
+  shielded; then the nursery is cancelled.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+from collections.abc import AsyncIterator, Mapping
+from typing import TYPE_CHECKING, Any
+
+import attrs
+import trio
+
+from ._errors import ExecpyError, RunnerStartError, raise_unwrapped
+from ._open import start_runner
+from ._options import RunnerOptions, resolve_options
+from ._pool import CHECKING, POOL_OPTION_NAMES, Entry, Pool, PoolFull, PoolOptions
+from .launch import Launcher, LocalLauncher
+
+if TYPE_CHECKING:
+    from typing_extensions import Unpack
+
+    from ._operation import Operation
+    from ._options import OptionKeywords
+    from ._results import ExecResult
+    from ._session import Runner
+
+    class ManagerKeywords(OptionKeywords, total=False):
+        """Runner options and pool options as keywords, for type checkers only."""
+
+        size: int
+        fresh_spares: int
+        max_waiting: int | None
+        recycle_after_ops: int | None
+        recycle_above_rss: int | None
+        heartbeat_interval: float
+        heartbeat_timeout: float
+        start_attempts: int
+        start_backoff: float
+
+
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["Manager", "ManagerStatistics", "PoolFull", "PoolOptions", "open_manager"]
+
+logger = logging.getLogger("execpy_trio.manager")
+
+
+@attrs.frozen
+class ManagerStatistics:
+    """A snapshot of a manager's pool.
+
+    Now: ``size`` (runners that work at a time), ``fresh_spares``, ``idle``, ``busy``
+    (leased), ``starting``, ``waiting`` (callers waiting for a runner). Since it opened:
+    ``spawned`` (runners started), and of those, gone because they ``crashed`` (ended on
+    their own), were ``killed`` (ignored a cancel past the grace, or missed a heartbeat),
+    were ``recycled`` (too many ops, too much memory, or made room for fresh ones) or
+    ``discarded`` (leased fresh, or closed by the caller); ``fresh_waits`` (fresh calls
+    that waited for a runner to start), ``leases`` (runners handed out),
+    ``start_failures``. ``spawned == idle + busy + crashed + killed + recycled +
+    discarded`` whenever no lease is being returned. ``broken``: the manager gave up
+    starting runners (see ``start_attempts``); ``closed``.
+    """
+
+    size: int
+    fresh_spares: int
+    idle: int
+    busy: int
+    starting: int
+    waiting: int
+    spawned: int
+    crashed: int
+    killed: int
+    recycled: int
+    discarded: int
+    fresh_waits: int
+    leases: int
+    start_failures: int
+    broken: bool
+    closed: bool
+
+
+class Manager:
+    """A pool of runners. Get one from :func:`open_manager`."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        options: RunnerOptions,
+        pool: PoolOptions,
+        launcher: Launcher,
+    ) -> None:
+        self._nursery = nursery
+        #: The options every runner of the pool is started with.
+        self.options = options
+        #: How the pool is kept.
+        self.pool_options = pool
+        self._launcher = launcher
+        self._pool = Pool(pool)
+        self._start_scopes: set[trio.CancelScope] = set()
+        self._progress = trio.Event()
+
+    def __repr__(self) -> str:
+        s = self.statistics()
+        return (
+            f"<Manager size={s.size} idle={s.idle} busy={s.busy} starting={s.starting} "
+            f"waiting={s.waiting}{' closed' if s.closed else ''}>"
+        )
+
+    def statistics(self) -> ManagerStatistics:
+        pool = self._pool
+        c = pool.counts
+        return ManagerStatistics(
+            size=pool.options.size,
+            fresh_spares=pool.options.fresh_spares,
+            idle=pool.idle,
+            busy=pool.busy,
+            starting=pool.starting,
+            waiting=pool.waiting,
+            spawned=c["spawned"],
+            crashed=c["crashed"],
+            killed=c["killed"],
+            recycled=c["recycled"],
+            discarded=c["discarded"],
+            fresh_waits=c["fresh_waits"],
+            leases=c["leases"],
+            start_failures=c["start_failures"],
+            broken=pool.broken is not None,
+            closed=pool.closed,
+        )
+
+    # -- operations -----------------------------------------------------------------------
+
+    async def exec(
+        self,
+        code: str,
+        *,
+        fresh: bool = False,
+        stdin: str | None = None,
+        variables: Mapping[str, Any] | None = None,
+        filename: str | None = None,
+    ) -> ExecResult:
+        """:meth:`Runner.exec` on an idle runner of the pool (``fresh=True``: on one that
+        has never run user code, discarded after).
+
+        Waits for a runner in FIFO order when none is free. Raises PoolFull if
+        ``max_waiting`` callers already wait, RunnerStartError if the manager gave up
+        starting runners and none can serve, trio.ClosedResourceError once the manager is
+        closed; RunnerDied if the runner dies during the op (only this op fails; the pool
+        replaces the runner). Cancellation: while waiting, nothing ran; once running, the
+        code is interrupted as :meth:`Runner.exec` says (a runner that ignores the
+        interrupt past ``cancel_grace`` is killed and replaced). No timeout of its own.
+        """
+        async with self.runner(fresh=fresh) as runner:
+            return await runner.exec(code, stdin=stdin, variables=variables, filename=filename)
+
+    async def eval(
+        self, expr: str, *, fresh: bool = False, variables: Mapping[str, Any] | None = None
+    ) -> Any:
+        """:meth:`Runner.eval` on an idle runner of the pool; waiting, errors and
+        cancellation as for :meth:`exec`."""
+        async with self.runner(fresh=fresh) as runner:
+            return await runner.eval(expr, variables=variables)
+
+    @contextlib.asynccontextmanager
+    async def exec_stream(
+        self,
+        code: str,
+        *,
+        fresh: bool = False,
+        variables: Mapping[str, Any] | None = None,
+        filename: str | None = None,
+    ) -> AsyncIterator[Operation]:
+        """:meth:`Runner.exec_stream` on an idle runner of the pool, leased for the block;
+        waiting, errors and cancellation as for :meth:`exec`."""
+        async with self.runner(fresh=fresh) as runner:
+            async with runner.exec_stream(code, variables=variables, filename=filename) as op:
+                yield op
+
+    @contextlib.asynccontextmanager
+    async def runner(self, *, fresh: bool = False) -> AsyncIterator[Runner]:
+        """Lease a runner for the block, exclusively: the whole :class:`Runner` API.
+
+        ``fresh=True``: one that has never run user code, discarded after the block.
+        Otherwise the runner goes back to the pool after the block, unless it died, was
+        killed or was closed in the block (then it is replaced). Do not keep the runner
+        after the block: it serves other callers then. Waiting, errors and cancellation
+        as for :meth:`exec`.
+        """
+        pool = self._pool
+        try:
+            entry = await pool.acquire(fresh)
+        finally:
+            self._changed()
+        try:
+            yield entry.runner
+        finally:
+            self._release(entry)
+
+    # -- keeping the pool -----------------------------------------------------------------
+
+    def _changed(self) -> None:
+        """Act on what the pool is short of, after any change."""
+        pool = self._pool
+        pool.dispatch()
+        for entry in pool.rebalance():
+            logger.debug("retiring %r", entry.runner)
+            self._nursery.start_soon(self._close, entry.runner)
+        for _ in range(pool.wanted_starts()):
+            pool.starting += 1
+            self._nursery.start_soon(self._start)
+        pool.dispatch()  # a start that failed at once may leave callers without hope
+        self._progress.set()
+        self._progress = trio.Event()
+
+    def _release(self, entry: Entry) -> None:
+        runner = entry.runner
+        pool = self._pool
+        recycle = False
+        if runner.is_alive and not entry.discard and not pool.closed:
+            opts = self.pool_options
+            if opts.recycle_after_ops is not None:
+                recycle = runner.statistics().ops_started >= opts.recycle_after_ops
+            if not recycle and opts.recycle_above_rss is not None:
+                rss = runner.resident_memory()
+                recycle = rss is not None and rss > opts.recycle_above_rss
+        bucket = pool.release(entry, recycle=recycle, now=trio.current_time())
+        if bucket is not None:
+            if bucket in ("crashed", "killed"):
+                logger.warning("replacing a runner that %s: %r", bucket, runner)
+            self._nursery.start_soon(self._close, runner)
+        self._changed()
+
+    async def _start(self) -> None:
+        pool = self._pool
+        with trio.CancelScope() as scope:
+            self._start_scopes.add(scope)
+            try:
+                delay = pool.backoff()
+                if delay:
+                    await trio.sleep(delay)
+                runner = await start_runner(self._nursery, self.options, launcher=self._launcher)
+            except RunnerStartError as exc:
+                pool.starting -= 1
+                if pool.closed:
+                    return  # stopped by the shutdown
+                logger.warning("a runner failed to start: %s", exc)
+                pool.start_failed(exc)
+                self._changed()
+                return
+            except BaseException:
+                pool.starting -= 1
+                raise
+            finally:
+                self._start_scopes.discard(scope)
+            pool.starting -= 1
+            if pool.closed:
+                self._nursery.start_soon(self._close, runner)
+                return
+            entry = pool.added(runner, trio.current_time())
+            self._nursery.start_soon(self._watch, entry)
+            self._changed()
+
+    async def _watch(self, entry: Entry) -> None:
+        await entry.runner.wait_closed()
+        bucket = self._pool.runner_ended(entry, trio.current_time())
+        if bucket is not None:
+            logger.warning("an idle runner %s: %s", bucket, entry.runner.lost_error())
+            self._nursery.start_soon(self._close, entry.runner)
+        self._changed()
+
+    async def _close(self, runner: Runner) -> None:
+        # Bounded by the runner's own cancel_grace and shutdown_timeout; also ends its
+        # supervising task (which waits for a close, even after the runner died).
+        await runner.aclose()
+
+    async def _heartbeat(self) -> None:
+        interval = self.pool_options.heartbeat_interval
+        while True:
+            await trio.sleep(interval / 2)
+            for entry in self._pool.due_for_heartbeat(trio.current_time() - interval):
+                self._nursery.start_soon(self._ping, entry)
+
+    async def _ping(self, entry: Entry) -> None:
+        timeout = self.pool_options.heartbeat_timeout
+        runner = entry.runner
+        with trio.move_on_after(timeout) as scope:
+            try:
+                await runner.ping()
+            except (ExecpyError, trio.ClosedResourceError):
+                return  # it ended: its watcher takes it from here
+        if scope.cancelled_caught:
+            if entry.state == CHECKING and runner.is_alive:
+                await runner.kill(
+                    f"it did not answer a heartbeat ping within heartbeat_timeout={timeout} s "
+                    "while idle (stopped or wedged), so the manager killed it"
+                )
+            return
+        self._pool.checked(entry, trio.current_time())
+        self._changed()
+
+    async def _fill(self) -> None:
+        """Wait until the pool has all its runners, or has given up starting them."""
+        pool = self._pool
+        while pool.broken is None and (pool.starting or pool.wanted_starts()):
+            await self._progress.wait()
+        if pool.broken is not None:
+            raise pool.broken.with_traceback(None)
+
+    async def _shutdown(self) -> None:
+        """Close everything, bounded; shielded (called at the end of ``open_manager``)."""
+        forceful = trio.current_effective_deadline() == -math.inf
+        entries = self._pool.close()
+        for scope in list(self._start_scopes):
+            scope.cancel()
+        with trio.CancelScope(shield=True):
+            async with trio.open_nursery() as nursery:
+                for entry in entries:
+                    nursery.start_soon(self._close_at_shutdown, entry.runner, forceful)
+
+    async def _close_at_shutdown(self, runner: Runner, forceful: bool) -> None:
+        if forceful:
+            with trio.CancelScope() as scope:
+                scope.cancel()  # aclose() in a cancelled scope kills without the polite part
+                await runner.aclose()
+        else:
+            await runner.aclose()
+
+
+def _split(
+    options: RunnerOptions | None, pool: PoolOptions | None, keywords: dict[str, Any]
+) -> tuple[RunnerOptions, PoolOptions]:
+    if pool is not None and not isinstance(pool, PoolOptions):
+        raise TypeError(f"pool must be a PoolOptions, not {type(pool).__name__}")
+    pool_changes = {k: v for k, v in keywords.items() if k in POOL_OPTION_NAMES}
+    runner_changes = {k: v for k, v in keywords.items() if k not in POOL_OPTION_NAMES}
+    pool_opts = attrs.evolve(pool or PoolOptions(), **pool_changes)
+    return resolve_options(options, runner_changes), pool_opts
+
+
+@contextlib.asynccontextmanager
+async def open_manager(
+    options: RunnerOptions | None = None,
+    *,
+    pool: PoolOptions | None = None,
+    launcher: Launcher | None = None,
+    **keywords: Unpack[ManagerKeywords],
+) -> AsyncIterator[Manager]:
+    """Start a pool of runners, yield a :class:`Manager`, and shut it all down at the end.
+
+    ``options`` configures every runner (a :class:`RunnerOptions`: limits, preload, env,
+    command, the timeouts, ...); ``pool`` the pool (a :class:`PoolOptions`: ``size``,
+    ``fresh_spares``, ``max_waiting``, recycling, the heartbeat, start attempts). Keywords
+    of either's field names override their fields: ``open_manager(size=4,
+    limits=limits)``. ``launcher`` starts each runner (default: a local process).
+
+    The block is entered once ``size + fresh_spares`` runners have started. Raises
+    RunnerStartError if starts fail ``start_attempts`` times in a row; ValueError or
+    TypeError for bad options (before anything starts).
+
+    Leaving the block closes every runner at once, each within its ``cancel_grace`` plus
+    ``shutdown_timeout``; ops still running are interrupted (their callers get the
+    "cancelled" result); callers still waiting get trio.ClosedResourceError, and so does
+    any later use. Cancellation: while starting, what started is killed; when the block is
+    left by cancellation, running ops are interrupted and the runners killed without the
+    polite shutdown. Nothing is left behind.
+    """
+    runner_options, pool_options = _split(options, pool, dict(keywords))
+    try:
+        async with trio.open_nursery() as nursery:
+            manager = Manager(nursery, runner_options, pool_options, launcher or LocalLauncher())
+            try:
+                manager._changed()
+                await manager._fill()
+                nursery.start_soon(manager._heartbeat)
+                yield manager
+            finally:
+                await manager._shutdown()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group, levels=1)  # only our nursery's group: the user's stays whole

@@ -1,0 +1,168 @@
+"""A launcher of fake runners for the manager's unit tests: each launch is a Trio task
+playing the runner side of the real sans-IO ``Connection("runner")`` over memory streams,
+so the manager and its sessions run for real, under ``autojump_clock``.
+
+What a fake does is decided by the code it is given:
+
+* ``sleep:S`` works S seconds, or until cancelled (then completes "cancelled");
+* ``stubborn`` never completes, and ignores the cancel;
+* ``die`` ends the connection (the runner died during the op);
+* ``freeze`` completes, then answers nothing more (a stopped process);
+* anything else completes "ok" at once with the value ``[runner number, code]``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import trio
+import trio.testing
+
+import execpy_trio as ex
+import execpy_trio.protocol as P
+from execpy_trio.launch import StreamHandle
+
+#: How a launch goes: "ok", "fail" (the launcher raises RunnerStartError), "silent" (no
+#: welcome: the handshake times out), "die-after-welcome" (ends right after its welcome).
+Plan = str
+
+
+class FakeRunnerProcess:
+    """The runner side of one fake runner."""
+
+    def __init__(self, number: int, stream: trio.abc.Stream) -> None:
+        self.number = number
+        self.stream = stream
+        self.conn = P.Connection("runner")
+        self.codes: list[str] = []  # every op's code, in order
+        self.frozen = False
+        self.pings = 0
+        self._send_lock = trio.Lock()
+        self._cancel: dict[int, trio.Event] = {}
+
+    async def send(self, msg: P.Message) -> None:
+        async with self._send_lock:
+            await self.stream.send_all(self.conn.send(msg))
+
+    async def _next(self) -> P.Message | None:
+        while True:
+            event = self.conn.next_event()
+            if event is P.NEED_DATA:
+                try:
+                    data = await self.stream.receive_some(65536)
+                except (trio.BrokenResourceError, trio.ClosedResourceError):
+                    data = b""
+                self.conn.receive_data(data)
+                continue
+            if isinstance(event, P.ConnectionClosed):
+                return None
+            assert isinstance(event, P.Message)
+            return event
+
+    async def serve(self, plan: Plan) -> None:
+        if plan == "silent":
+            await trio.sleep_forever()
+        hello = await self._next()
+        assert type(hello) is P.Hello, hello
+        await self.send(
+            P.Welcome((1, 1), "fake", "0", "python", "3.11", 1000 + self.number, hello.max_frame)
+        )
+        if plan == "die-after-welcome":
+            return
+        async with trio.open_nursery() as nursery:
+            while True:
+                msg = await self._next()
+                if msg is None or type(msg) is P.Shutdown:
+                    nursery.cancel_scope.cancel()
+                    return
+                if self.frozen:
+                    await trio.sleep_forever()
+                if type(msg) is P.Ping:
+                    self.pings += 1
+                    await self.send(P.Pong(msg.token))
+                elif type(msg) in (P.Exec, P.Eval):
+                    code = msg.code if type(msg) is P.Exec else msg.expr  # type: ignore[attr-defined]
+                    self.codes.append(code)
+                    if code == "die":
+                        nursery.cancel_scope.cancel()
+                        return
+                    self._cancel[msg.op] = trio.Event()  # type: ignore[attr-defined]
+                    nursery.start_soon(self._work, msg.op, code)  # type: ignore[attr-defined]
+                elif type(msg) is P.Cancel:
+                    event = self._cancel.get(msg.op)
+                    if event is not None:
+                        event.set()
+
+    async def _work(self, op: int, code: str) -> None:
+        cancelled = self._cancel[op]
+        if code == "stubborn":
+            await trio.sleep_forever()
+        if code.startswith("sleep:"):
+            with trio.move_on_after(float(code.split(":", 1)[1])):
+                await cancelled.wait()
+        status = "cancelled" if cancelled.is_set() else "ok"
+        del self._cancel[op]
+        await self.send(P.Done(op, status, [self.number, code] if status == "ok" else None))
+        if code == "freeze":
+            self.frozen = True
+
+
+class FakeLauncher(ex.Launcher):
+    """Starts fake runners; ``plans`` says how each launch goes, in order ("ok" once
+    they are used up), or is a function of the launch number; each start takes
+    ``start_time`` seconds."""
+
+    def __init__(
+        self, plans: list[Plan] | Callable[[int], Plan] = (), *, start_time: float = 0.0  # type: ignore[assignment]
+    ) -> None:
+        self._plans = plans
+        self._start_time = start_time
+        self._numbers = itertools.count()
+        self.launches = 0
+        self.runners: dict[int, FakeRunnerProcess] = {}  # by the pid each reports
+
+    def _plan(self, number: int) -> Plan:
+        if callable(self._plans):
+            return self._plans(number)
+        return self._plans[number] if number < len(self._plans) else "ok"
+
+    def by_runner(self, runner: ex.Runner) -> FakeRunnerProcess:
+        return self.runners[runner.welcome.pid]
+
+    @contextlib.asynccontextmanager
+    async def launch(self, options: ex.RunnerOptions) -> AsyncIterator[ex.RunnerHandle]:
+        number = next(self._numbers)
+        self.launches += 1
+        plan = self._plan(number)
+        if self._start_time:
+            await trio.sleep(self._start_time)  # an interpreter's start, in virtual time
+        if plan == "fail":
+            raise ex.RunnerStartError(f"fake runner {number} could not start", returncode=3)
+        client_stream, runner_stream = trio.testing.memory_stream_pair()
+        fake = FakeRunnerProcess(number, runner_stream)
+        self.runners[1000 + number] = fake
+        handle = StreamHandle(client_stream, f"fake runner {number}")
+        async with trio.open_nursery() as nursery:
+
+            async def run() -> None:
+                try:
+                    await fake.serve(plan)
+                finally:
+                    with trio.CancelScope(shield=True):
+                        await runner_stream.aclose()
+
+            nursery.start_soon(run)
+            try:
+                yield handle
+            finally:
+                await handle.close(wait=0)
+                nursery.cancel_scope.cancel()
+
+
+def value_runner(value: Any) -> int:
+    """The fake runner number an op's value came from."""
+    number: int = value[0]
+    return number

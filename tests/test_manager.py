@@ -1,0 +1,487 @@
+"""The manager's scheduling and supervision, with fake runners under ``autojump_clock``:
+FIFO, cancellation while waiting, the waiting bound, fresh runners and their spares, start
+failures and backoff, the heartbeat, recycling, closing, and the statistics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import pytest
+import trio
+import trio.testing
+
+import execpy_trio as ex
+from fake_launcher import FakeLauncher, value_runner
+
+pytestmark = pytest.mark.trio
+
+
+def manager(launcher: FakeLauncher, **keywords: Any) -> Any:
+    keywords.setdefault("size", 2)
+    keywords.setdefault("fresh_spares", 0)
+    return ex.open_manager(launcher=launcher, **keywords)
+
+
+def adds_up(s: ex.ManagerStatistics) -> bool:
+    return s.spawned == s.idle + s.busy + s.crashed + s.killed + s.recycled + s.discarded
+
+
+async def settle() -> None:
+    """Let the pool's background work (starts, closes, watchers) run to quiet."""
+    await trio.testing.wait_all_tasks_blocked()
+    await trio.sleep(0.01)
+    await trio.testing.wait_all_tasks_blocked()
+
+
+# -- hand-out and waiting ---------------------------------------------------------------
+
+
+async def test_the_pool_is_full_when_the_block_starts(autojump_clock: trio.abc.Clock) -> None:
+    launcher = FakeLauncher()
+    async with manager(launcher, size=3, fresh_spares=2) as m:
+        s = m.statistics()
+        assert (s.size, s.fresh_spares, s.idle, s.starting, s.spawned) == (3, 2, 5, 0, 5)
+        assert launcher.launches == 5
+        assert await m.eval("x") == [value_runner(await m.eval("x")), "x"]
+        assert adds_up(m.statistics())
+
+
+async def test_callers_are_served_in_fifo_order(autojump_clock: trio.abc.Clock) -> None:
+    served: list[int] = []
+    launcher = FakeLauncher()
+    async with manager(launcher, size=1) as m:
+        lease_done = trio.Event()
+
+        async def hold() -> None:
+            async with m.runner():
+                await lease_done.wait()
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(hold)
+            await trio.testing.wait_all_tasks_blocked()
+            for i in range(6):
+
+                async def call(i: int = i) -> None:
+                    await m.exec(f"call {i}")
+                    served.append(i)
+
+                nursery.start_soon(call)
+                await trio.testing.wait_all_tasks_blocked()
+            assert m.statistics().waiting == 6
+            lease_done.set()
+        (fake,) = launcher.runners.values()
+        assert fake.codes == [f"call {i}" for i in range(6)]
+    assert served == list(range(6))
+
+
+async def test_a_caller_cancelled_while_waiting_runs_nothing(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher()
+    async with manager(launcher, size=1) as m:
+        results: list[Any] = []
+        async with trio.open_nursery() as nursery:
+            release = trio.Event()
+
+            async def hold() -> None:
+                async with m.runner():
+                    await release.wait()
+
+            nursery.start_soon(hold)
+            await trio.testing.wait_all_tasks_blocked()
+            with trio.move_on_after(1) as scope:
+                await m.exec("never")
+            assert scope.cancelled_caught
+            assert m.statistics().waiting == 0
+
+            async def later() -> None:
+                results.append(await m.eval("later"))
+
+            nursery.start_soon(later)
+            await trio.testing.wait_all_tasks_blocked()
+            release.set()
+        (fake,) = launcher.runners.values()
+        assert fake.codes == ["later"]  # "never" never reached the runner
+        assert value_runner(results[0]) == 0
+        assert adds_up(m.statistics())
+
+
+async def test_the_waiting_bound_refuses_at_once(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher(), size=1, max_waiting=2) as m:
+        async with trio.open_nursery() as nursery:
+            release = trio.Event()
+
+            async def hold() -> None:
+                async with m.runner():
+                    await release.wait()
+
+            nursery.start_soon(hold)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(m.exec, "a")
+            nursery.start_soon(m.exec, "b")
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+            with pytest.raises(ex.PoolFull, match=r"2 callers already wait.*max_waiting=2"):
+                await m.exec("c")
+            assert trio.current_time() == start  # refused without waiting
+            assert m.statistics().waiting == 2
+            release.set()
+        assert m.statistics().waiting == 0
+        await m.exec("d")  # the bound is on waiting, not on use
+
+
+async def test_max_waiting_zero_means_never_wait(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher(), size=1, max_waiting=0) as m:
+        await m.exec("free runner: no wait needed")
+        async with m.runner():
+            with pytest.raises(ex.PoolFull):
+                await m.exec("would wait")
+
+
+async def test_size_bounds_the_ops_at_once(autojump_clock: trio.abc.Clock) -> None:
+    peak = 0
+    async with manager(FakeLauncher(), size=3, fresh_spares=2) as m:
+
+        async def call() -> None:
+            nonlocal peak
+            async with m.runner() as runner:
+                peak = max(peak, m.statistics().busy)
+                await runner.exec("sleep:1")
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(10):
+                nursery.start_soon(call)
+    assert peak == 3
+
+
+# -- fresh runners -----------------------------------------------------------------------
+
+
+async def test_fresh_calls_get_never_used_runners_and_discard_them(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher()
+    async with manager(launcher, size=2, fresh_spares=1) as m:
+        used = {value_runner(await m.eval("warm")) for _ in range(4)}
+        seen: set[int] = set()
+        for _ in range(5):
+            number = value_runner(await m.eval("fresh", fresh=True))
+            assert number not in used and number not in seen
+            seen.add(number)
+            for fake in launcher.runners.values():
+                if fake.number == number:
+                    assert fake.codes == ["fresh"]  # it ran nothing before
+        await settle()
+        s = m.statistics()
+        assert s.discarded == 5
+        assert s.idle == 3  # refilled to size + fresh_spares
+        assert adds_up(s)
+
+
+async def test_a_fresh_spare_is_ready_so_steady_fresh_calls_do_not_wait(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=2, fresh_spares=1) as m:
+        for _ in range(10):
+            await m.exec("x", fresh=True)
+            await settle()  # a steady stream: the spare is back before the next call
+        assert m.statistics().fresh_waits == 0
+
+
+async def test_a_burst_of_fresh_calls_waits_for_starts(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher(start_time=1), size=2, fresh_spares=1) as m:
+        numbers: list[int] = []
+
+        async def call() -> None:
+            numbers.append(value_runner(await m.eval("x", fresh=True)))
+
+        async with trio.open_nursery() as nursery:
+            for _ in range(8):
+                nursery.start_soon(call)
+        assert len(set(numbers)) == 8  # each its own never-used runner
+        s = m.statistics()
+        # Three runners were ready; the other five fresh calls waited for a start.
+        assert s.fresh_waits == 5
+        assert s.discarded == 8
+
+
+async def test_fresh_callers_retire_used_runners_when_there_is_no_room(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=2, fresh_spares=0) as m:
+        async with trio.open_nursery() as nursery:
+            for _ in range(2):
+                nursery.start_soon(m.exec, "sleep:1")  # both runners used
+        n = value_runner(await m.eval("fresh", fresh=True))
+        assert n >= 2  # a new runner: a used one made room for it
+        await settle()
+        s = m.statistics()
+        assert s.recycled == 1 and s.discarded == 1 and s.idle == 2
+        assert adds_up(s)
+
+
+async def test_a_general_caller_is_not_held_up_by_a_fresh_one_waiting_for_a_start(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(plans=["ok", "ok"]), size=2, fresh_spares=0) as m:
+        await m.exec("use runner 0")
+        async with m.runner(), m.runner():
+            pass  # both used now
+        order: list[str] = []
+        async with trio.open_nursery() as nursery:
+
+            async def fresh() -> None:
+                await m.eval("fresh", fresh=True)
+                order.append("fresh")
+
+            async def general() -> None:
+                await m.eval("general")
+                order.append("general")
+
+            nursery.start_soon(fresh)
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(general)
+        assert order == ["general", "fresh"]
+
+
+# -- start failures ----------------------------------------------------------------------
+
+
+async def test_a_launcher_that_always_fails_gives_up_with_backoff(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "fail")
+    start = trio.current_time()
+    with pytest.raises(ex.RunnerStartError, match=r"gave up.*3 failed starts in a row") as info:
+        async with manager(launcher, size=1, start_attempts=3, start_backoff=0.5):
+            pytest.fail("the block must not be entered")
+    assert "fake runner 2 could not start" in str(info.value)
+    assert info.value.returncode == 3
+    assert launcher.launches == 3  # bounded: no endless respawn
+    assert trio.current_time() - start == pytest.approx(0.5 + 1.0)  # backoff 0.5, then 1.0
+
+
+async def test_failures_that_clear_up_are_retried(autojump_clock: trio.abc.Clock) -> None:
+    launcher = FakeLauncher(["fail", "fail", "ok"])
+    async with manager(launcher, size=1, start_attempts=3) as m:
+        s = m.statistics()
+        assert (s.start_failures, s.spawned, s.idle, s.broken) == (2, 1, 1, False)
+
+
+async def test_a_silent_runner_times_out_and_counts_as_a_failed_start(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "silent")
+    with pytest.raises(ex.RunnerStartError, match="no welcome"):
+        async with manager(launcher, size=1, start_attempts=2, handshake_timeout=3):
+            pass
+    assert launcher.launches == 2
+
+
+async def test_runners_that_die_as_they_start_are_not_respawned_forever(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "ok" if n == 0 else "die-after-welcome")
+    async with manager(launcher, size=1, fresh_spares=0, start_attempts=3) as m:
+        await m.exec("x")  # runner 0 works
+        async with m.runner() as runner:
+            await runner.kill()  # replaced by runners that die at once
+        await trio.sleep(5)  # the backoff between the attempts
+        s = m.statistics()
+        assert s.broken and launcher.launches == 4
+        with pytest.raises(ex.RunnerStartError, match="died right after it started"):
+            await m.exec("y")
+
+
+async def test_a_broken_pool_still_serves_with_the_runners_it_has(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "ok" if n < 2 else "fail")
+    async with manager(launcher, size=2, fresh_spares=0, start_attempts=2) as m:
+        consumed = value_runner(await m.eval("fresh", fresh=True))  # replacements fail
+        await trio.sleep(5)  # the backoff between the attempts
+        assert m.statistics().broken
+        assert value_runner(await m.eval("still")) == 1 - consumed
+        with pytest.raises(ex.RunnerStartError, match="gave up"):
+            await m.eval("fresh", fresh=True)
+
+
+# -- supervision -------------------------------------------------------------------------
+
+
+async def test_an_idle_runner_that_dies_is_replaced_at_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher()
+    async with manager(launcher, size=2, fresh_spares=0) as m:
+        await trio.sleep(5)  # well past START_SETTLE: this is a crash, not a failed start
+        fake = launcher.runners[1000]
+        await fake.stream.aclose()  # it "dies" while idle
+        await settle()
+        s = m.statistics()
+        assert (s.crashed, s.idle, s.spawned) == (1, 2, 3)
+        assert adds_up(s)
+
+
+async def test_a_crash_fails_only_its_own_op(autojump_clock: trio.abc.Clock) -> None:
+    outcomes: dict[str, Any] = {}
+    async with manager(FakeLauncher(), size=3, fresh_spares=0) as m:
+
+        async def call(code: str) -> None:
+            try:
+                outcomes[code] = (await m.exec(code)).status
+            except ex.RunnerDied as exc:
+                outcomes[code] = exc
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(call, "sleep:2")
+            nursery.start_soon(call, "die")
+            nursery.start_soon(call, "sleep:3")
+        await settle()
+        s = m.statistics()
+    assert outcomes["sleep:2"] == "ok" and outcomes["sleep:3"] == "ok"
+    assert isinstance(outcomes["die"], ex.RunnerDied)
+    assert s.crashed == 1 and s.idle == 3
+
+
+async def test_a_runner_that_ignores_the_cancel_is_killed_and_replaced(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=1, fresh_spares=0, cancel_grace=1) as m:
+        with trio.move_on_after(2):
+            await m.exec("stubborn")
+        await settle()
+        s = m.statistics()
+        assert (s.killed, s.idle, s.spawned) == (1, 1, 2)
+        assert (await m.exec("after")).status == "ok"
+
+
+async def test_an_idle_runner_that_stops_answering_is_killed_by_the_heartbeat(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher()
+    async with manager(
+        launcher, size=2, heartbeat_interval=1, heartbeat_timeout=0.5
+    ) as m:
+        await m.exec("freeze")  # the runner it ran on answers nothing more
+        await trio.sleep(3)
+        s = m.statistics()
+        assert (s.killed, s.idle) == (1, 2)
+        alive = [f for f in launcher.runners.values() if not f.frozen]
+        assert all(f.pings > 0 for f in alive)  # the healthy ones were pinged and kept
+        assert adds_up(s)
+
+
+async def test_a_busy_runner_is_never_pinged(autojump_clock: trio.abc.Clock) -> None:
+    launcher = FakeLauncher()
+    async with manager(launcher, size=1, heartbeat_interval=0.5, heartbeat_timeout=0.1) as m:
+        await m.exec("sleep:10")  # busy for 20 heartbeats
+        (fake,) = launcher.runners.values()
+        assert fake.pings == 0
+        assert m.statistics().killed == 0
+
+
+async def test_a_lease_closed_by_its_holder_is_replaced(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher(), size=1, fresh_spares=0) as m:
+        async with m.runner() as runner:
+            await runner.aclose()
+        await settle()
+        s = m.statistics()
+        assert (s.discarded, s.idle, s.spawned) == (1, 1, 2)
+
+
+# -- recycling ---------------------------------------------------------------------------
+
+
+async def test_a_runner_is_retired_after_n_ops_without_a_caller_waiting(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=1, fresh_spares=0, recycle_after_ops=3) as m:
+        numbers = []
+        for _ in range(7):
+            start = trio.current_time()
+            numbers.append(value_runner(await m.eval("x")))
+            assert trio.current_time() == start  # no call waited for a start
+            await settle()
+        assert numbers == [0, 0, 0, 1, 1, 1, 2]
+        assert m.statistics().recycled == 2
+
+
+# -- closing -----------------------------------------------------------------------------
+
+
+async def test_closing_interrupts_ops_and_fails_waiters(autojump_clock: trio.abc.Clock) -> None:
+    outcomes: dict[str, Any] = {}
+
+    async def call(m: ex.Manager, code: str) -> None:
+        try:
+            outcomes[code] = (await m.exec(code)).status
+        except trio.ClosedResourceError as exc:
+            outcomes[code] = exc
+
+    async with trio.open_nursery() as nursery:
+        async with manager(FakeLauncher(), size=1) as m:
+            nursery.start_soon(call, m, "sleep:100")
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(call, m, "waits")
+            await trio.testing.wait_all_tasks_blocked()
+            start = trio.current_time()
+        assert trio.current_time() - start < 5  # bounded, by virtual time
+    assert outcomes["sleep:100"] == "cancelled"
+    assert isinstance(outcomes["waits"], trio.ClosedResourceError)
+    assert "closed while this call waited" in str(outcomes["waits"])
+    with pytest.raises(trio.ClosedResourceError, match="manager was closed"):
+        await m.exec("after")
+    assert m.statistics().closed
+
+
+async def test_leaving_by_cancellation_kills_without_waiting_for_a_stubborn_op(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    with trio.move_on_after(1):
+        async with manager(FakeLauncher(), size=1, cancel_grace=5, shutdown_timeout=5) as m:
+            await m.exec("stubborn")
+    # The op ignores the cancel: the grace bounds the close (well within 5 + 5 s).
+    assert trio.current_time() < 1 + 5 + 1
+
+
+async def test_an_error_in_the_block_arrives_unwrapped(autojump_clock: trio.abc.Clock) -> None:
+    with pytest.raises(KeyError):
+        async with manager(FakeLauncher()):
+            raise KeyError("mine")
+
+
+# -- options -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("keywords", "error", "match"),
+    [
+        ({"size": 0}, ValueError, "size must be an integer >= 1"),
+        ({"fresh_spares": -1}, ValueError, "fresh_spares"),
+        ({"max_waiting": -1}, ValueError, "max_waiting"),
+        ({"heartbeat_interval": 0}, ValueError, "heartbeat_interval must be a positive"),
+        ({"recycle_after_ops": 0}, ValueError, "recycle_after_ops"),
+        ({"start_attempts": 0}, ValueError, "start_attempts"),
+        ({"sizes": 2}, TypeError, "unknown runner option"),
+        ({"cancel_grace": -1}, ValueError, "cancel_grace"),
+        ({"pool": {"size": 2}}, TypeError, "pool must be a PoolOptions"),
+    ],
+)
+async def test_bad_options_are_refused_before_anything_starts(
+    keywords: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    launcher = FakeLauncher()
+    with pytest.raises(error, match=match):
+        async with ex.open_manager(launcher=launcher, **keywords):
+            pass
+    assert launcher.launches == 0
+
+
+async def test_options_objects_and_keywords_combine(autojump_clock: trio.abc.Clock) -> None:
+    pool = ex.PoolOptions(size=3, fresh_spares=0)
+    opts = ex.RunnerOptions(cancel_grace=7)
+    async with ex.open_manager(opts, pool=pool, launcher=FakeLauncher(), size=2) as m:
+        assert m.pool_options.size == 2 and m.options.cancel_grace == 7
+        assert m.statistics().idle == 2
