@@ -116,7 +116,10 @@ class FakeLauncher(ex.Launcher):
     ``start_time`` seconds."""
 
     def __init__(
-        self, plans: list[Plan] | Callable[[int], Plan] = (), *, start_time: float = 0.0  # type: ignore[assignment]
+        self,
+        plans: list[Plan] | Callable[[int], Plan] = (),
+        *,
+        start_time: float = 0.0,  # type: ignore[assignment]
     ) -> None:
         self._plans = plans
         self._start_time = start_time

@@ -361,9 +361,7 @@ async def test_an_idle_runner_that_stops_answering_is_killed_by_the_heartbeat(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     launcher = FakeLauncher()
-    async with manager(
-        launcher, size=2, heartbeat_interval=1, heartbeat_timeout=0.5
-    ) as m:
+    async with manager(launcher, size=2, heartbeat_interval=1, heartbeat_timeout=0.5) as m:
         await m.exec("freeze")  # the runner it ran on answers nothing more
         await trio.sleep(3)
         s = m.statistics()
