@@ -4,7 +4,6 @@ failures and backoff, the heartbeat, recycling, closing, and the statistics."""
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import pytest

@@ -17,7 +17,6 @@ from ._errors import (
     RunnerStartError,
 )
 from ._limits import Limits
-from .manager import Manager, ManagerStatistics, PoolFull, PoolOptions, open_manager
 from ._open import connect_runner, open_runner, start_runner
 from ._operation import Operation
 from ._options import RunnerOptions
@@ -25,6 +24,7 @@ from ._results import ErrorInfo, ExecResult, InputRequest, Output
 from ._session import Runner, RunnerStatistics
 from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
 from .launch._sandbox import Sandbox
+from .manager import Manager, ManagerStatistics, PoolFull, PoolOptions, open_manager
 
 __all__ = [
     "CodeError",

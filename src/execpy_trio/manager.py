@@ -253,7 +253,8 @@ class Manager:
         bucket = pool.release(entry, recycle=recycle, now=trio.current_time())
         if bucket is not None:
             if bucket in ("crashed", "killed"):
-                logger.warning("replacing a runner that %s: %r", bucket, runner)
+                # Its caller got the RunnerDied; this is for whoever watches the pool.
+                logger.info("replacing a runner that %s during a lease: %r", bucket, runner)
             self._nursery.start_soon(self._close, runner)
         self._changed()
 

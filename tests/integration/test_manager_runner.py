@@ -31,7 +31,7 @@ def adds_up(s: ex.ManagerStatistics) -> bool:
 
 async def wait_for(condition: Any, what: str, limit: float = 20) -> None:
     with trio.move_on_after(limit):
-        while not condition():
+        while not condition():  # noqa: ASYNC110 - the pool's state, seen from outside
             await trio.sleep(0.02)
         return
     pytest.fail(f"timed out waiting for {what}")
@@ -209,7 +209,10 @@ async def test_limits_apply_to_every_runner_of_the_pool() -> None:
             assert [r.error.type for r in results if r.error] == ["CPULimitExceeded"] * 4
             r = await m.exec("print('x' * 20_000)")
             assert r.error is not None and r.error.type == "OutputLimitExceeded"
-            opens = "import os\ntry:\n    fs = [open(os.devnull) for _ in range(60)]\nexcept OSError as e:\n    print(e.errno)"
+            opens = (
+                "import os\ntry:\n    fs = [open(os.devnull) for _ in range(60)]\n"
+                "except OSError as e:\n    print(e.errno)"
+            )
             pids = set()
             async with trio.open_nursery() as nursery:
                 for _ in range(3):  # every runner, at once
