@@ -482,3 +482,34 @@ async def test_options_objects_and_keywords_combine(autojump_clock: trio.abc.Clo
     async with ex.open_manager(opts, pool=pool, launcher=FakeLauncher(), size=2) as m:
         assert m.pool_options.size == 2 and m.options.cancel_grace == 7
         assert m.statistics().idle == 2
+
+
+async def test_callers_that_give_up_waiting_do_not_grow_the_queue(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=1, max_waiting=1000) as m:
+        async with m.runner():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(m.exec, "the one who waits")  # the head of the queue
+                await trio.testing.wait_all_tasks_blocked()
+                for _ in range(2000):
+                    with trio.move_on_after(0.001):
+                        await m.exec("gives up")
+                queues = m._pool._waiters_any, m._pool._waiters_fresh
+                assert sum(len(q) for q in queues) <= 2 * 64  # swept, not 2000
+                assert m.statistics().waiting == 1
+                nursery.cancel_scope.cancel()
+
+
+async def test_refused_callers_do_not_grow_the_queue(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher(), size=1, max_waiting=1) as m:
+        async with m.runner():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(m.exec, "the one who waits")
+                await trio.testing.wait_all_tasks_blocked()
+                for _ in range(2000):
+                    with pytest.raises(ex.PoolFull):
+                        await m.exec("refused")
+                queues = m._pool._waiters_any, m._pool._waiters_fresh
+                assert sum(len(q) for q in queues) <= 2 * 64
+                nursery.cancel_scope.cancel()

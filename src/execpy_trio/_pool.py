@@ -46,6 +46,8 @@ MAX_BACKOFF: Final = 5.0
 #: A fresh runner that ends by itself this soon after it joined failed to start, as far as
 #: the failure streak is concerned.
 START_SETTLE: Final = 1.0
+#: Waiters gone before their turn that may stay queued before the queues are swept.
+COMPACT_MIN: Final = 64
 
 EntryState = Literal["idle", "busy", "checking", "gone"]
 IDLE: Final = "idle"
@@ -180,6 +182,7 @@ class Pool:
         self._seq = itertools.count()
         self.waiting = 0
         self._fresh_waiting = 0
+        self._settled_in_queue = 0  # waiters that left before their turn, still queued
         self.busy = 0
         self.starting = 0
         self.streak = 0  # start failures in a row
@@ -268,6 +271,7 @@ class Pool:
     def _head(self, queue: deque[Waiter]) -> Waiter | None:
         while queue and not queue[0].waiting:
             queue.popleft()  # cancelled while waiting: dropped here, in O(1)
+            self._settled_in_queue = max(0, self._settled_in_queue - 1)
         return queue[0] if queue else None
 
     def _any_idle(self) -> Entry | None:
@@ -286,7 +290,12 @@ class Pool:
         self.counts["leases"] += 1
 
     def _settle(
-        self, waiter: Waiter, *, entry: Entry | None = None, error: BaseException | None = None
+        self,
+        waiter: Waiter,
+        *,
+        entry: Entry | None = None,
+        error: BaseException | None = None,
+        queued: bool = True,
     ) -> None:
         waiter.waiting = False
         waiter.entry = entry
@@ -295,6 +304,17 @@ class Pool:
         if waiter.fresh:
             self._fresh_waiting -= 1
         waiter.event.set()
+        if queued and entry is None:
+            # Refused or gone before its turn: it stays in its queue until it reaches the
+            # head. Callers that time out behind a long wait must not grow the queues
+            # without bound, so they are swept once they are the majority.
+            self._settled_in_queue += 1
+            if self._settled_in_queue > max(COMPACT_MIN, self.waiting):
+                for queue in (self._waiters_any, self._waiters_fresh):
+                    live = [w for w in queue if w.waiting]
+                    queue.clear()
+                    queue.extend(live)
+                self._settled_in_queue = 0
 
     def dispatch(self) -> None:
         """Give free runners to waiting callers, earliest first."""
@@ -333,7 +353,7 @@ class Pool:
                 while queue:
                     waiter = queue.popleft()
                     if waiter.waiting:
-                        self._settle(waiter, error=error)
+                        self._settle(waiter, error=error, queued=False)
 
     def check_usable(self) -> None:
         if self.closed:
@@ -365,10 +385,7 @@ class Pool:
                     await waiter.event.wait()
                 except BaseException:
                     if waiter.waiting:
-                        waiter.waiting = False  # dropped from its queue lazily
-                        self.waiting -= 1
-                        if fresh:
-                            self._fresh_waiting -= 1
+                        self._settle(waiter)  # it leaves its queue lazily, or at a compaction
                     elif waiter.entry is not None:
                         self._give_back(waiter.entry)
                     raise
@@ -502,7 +519,7 @@ class Pool:
             while queue:
                 waiter = queue.popleft()
                 if waiter.waiting:
-                    self._settle(waiter, error=error)
+                    self._settle(waiter, error=error, queued=False)
         entries = list(self.entries)
         self.entries.clear()
         for idle in (self._idle_used, self._idle_retiring, self._idle_fresh):
