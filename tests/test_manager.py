@@ -223,7 +223,7 @@ async def test_fresh_callers_retire_used_runners_when_there_is_no_room(
 async def test_a_general_caller_is_not_held_up_by_a_fresh_one_waiting_for_a_start(
     autojump_clock: trio.abc.Clock,
 ) -> None:
-    async with manager(FakeLauncher(plans=["ok", "ok"]), size=2, fresh_spares=0) as m:
+    async with manager(FakeLauncher(start_time=1), size=2, fresh_spares=0) as m:
         await m.exec("use runner 0")
         async with m.runner(), m.runner():
             pass  # both used now
@@ -513,3 +513,16 @@ async def test_refused_callers_do_not_grow_the_queue(autojump_clock: trio.abc.Cl
                 queues = m._pool._waiters_any, m._pool._waiters_fresh
                 assert sum(len(q) for q in queues) <= 2 * 64
                 nursery.cancel_scope.cancel()
+
+
+async def test_a_fresh_caller_makes_room_at_once_when_all_runners_are_used(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # No heartbeat or other event may be needed to start the fresh runner it waits for.
+    async with manager(
+        FakeLauncher(start_time=1), size=1, fresh_spares=0, heartbeat_interval=1000
+    ) as m:
+        await m.exec("used")
+        start = trio.current_time()
+        await m.exec("fresh", fresh=True)
+        assert trio.current_time() - start == pytest.approx(1)  # one start, no more

@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import itertools
 from collections import deque
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Final, Literal
 
 import attrs
@@ -359,10 +360,23 @@ class Pool:
         if self.closed:
             raise trio.ClosedResourceError("this manager was closed; open a new one")
 
-    async def acquire(self, fresh: bool) -> Entry:
-        """Lease a runner (FIFO). Cancellable while waiting: then nothing was leased."""
+    async def acquire(self, fresh: bool, before_wait: Callable[[], None]) -> Entry:
+        """Lease a runner (FIFO). ``before_wait`` is called when the caller has to wait,
+        once it is queued. Cancellable while waiting: then nothing was leased."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self.check_usable()
+        if self.busy < self.options.size:
+            # Nobody who could use a free runner is queued (dispatch would have served
+            # them), so taking one now keeps the FIFO order.
+            entry: Entry | None = None
+            if fresh:
+                if not self._fresh_waiting and self._idle_fresh:
+                    entry = next(iter(self._idle_fresh))
+            elif self.waiting == self._fresh_waiting:
+                entry = self._any_idle()
+            if entry is not None:
+                self._hand_out(entry, fresh)
+                return entry
         waiter = Waiter(next(self._seq), fresh, trio.current_time())
         (self._waiters_fresh if fresh else self._waiters_any).append(waiter)
         self.waiting += 1
@@ -381,6 +395,7 @@ class Pool:
                     ),
                 )
             else:
+                before_wait()
                 try:
                     await waiter.event.wait()
                 except BaseException:
