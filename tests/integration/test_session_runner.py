@@ -301,3 +301,20 @@ async def test_what_the_code_started_ends_when_the_client_kills_the_runner(how: 
                 for pid in pids:
                     with contextlib.suppress(ProcessLookupError):
                         os.kill(pid, signal.SIGKILL)
+
+
+async def test_killed_and_resident_memory_as_the_manager_reads_them() -> None:
+    async with ex.open_runner() as runner:
+        rss = runner.resident_memory()
+        assert rss is not None and 4 * 2**20 < rss < 512 * 2**20
+        await runner.exec("hog = b'x' * (64 * 2**20)")
+        grown = runner.resident_memory()
+        assert grown is not None and grown > rss + 60 * 2**20
+        assert runner.killed is False
+        await runner.kill()
+        assert runner.killed is True
+        assert runner.resident_memory() is None  # ended: nothing to measure
+    async with ex.open_runner() as runner:
+        with pytest.raises(ex.RunnerDied):
+            await runner.exec("import os; os._exit(1)")
+        assert runner.killed is False  # it ended on its own
