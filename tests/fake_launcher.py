@@ -25,8 +25,10 @@ import execpy_trio as ex
 import execpy_trio.protocol as P
 from execpy_trio.launch import StreamHandle
 
-#: How a launch goes: "ok", "fail" (the launcher raises RunnerStartError), "silent" (no
-#: welcome: the handshake times out), "die-after-welcome" (ends right after its welcome).
+#: How a launch goes: "ok", "fail" (the launcher raises RunnerStartError), "oserror" (it
+#: raises OSError, as a third-party launcher might), "silent" (no welcome: the handshake
+#: times out), "die-after-welcome" (ends right after its welcome), "die-after:S" (ends S
+#: seconds after its welcome, idle).
 Plan = str
 
 
@@ -40,6 +42,7 @@ class FakeRunnerProcess:
         self.codes: list[str] = []  # every op's code, in order
         self.frozen = False
         self.pings = 0
+        self.pong_delay = 0.0
         self._send_lock = trio.Lock()
         self._cancel: dict[int, trio.Event] = {}
 
@@ -72,6 +75,13 @@ class FakeRunnerProcess:
         )
         if plan == "die-after-welcome":
             return
+        if plan.startswith("die-after:"):
+            with trio.move_on_after(float(plan.split(":", 1)[1])):
+                await self._serve()
+            return
+        await self._serve()
+
+    async def _serve(self) -> None:
         async with trio.open_nursery() as nursery:
             while True:
                 msg = await self._next()
@@ -82,7 +92,7 @@ class FakeRunnerProcess:
                     await trio.sleep_forever()
                 if type(msg) is P.Ping:
                     self.pings += 1
-                    await self.send(P.Pong(msg.token))
+                    nursery.start_soon(self._pong, msg.token)
                 elif type(msg) in (P.Exec, P.Eval):
                     code = msg.code if type(msg) is P.Exec else msg.expr  # type: ignore[attr-defined]
                     self.codes.append(code)
@@ -95,6 +105,10 @@ class FakeRunnerProcess:
                     event = self._cancel.get(msg.op)
                     if event is not None:
                         event.set()
+
+    async def _pong(self, token: int) -> None:
+        await trio.sleep(self.pong_delay)
+        await self.send(P.Pong(token))
 
     async def _work(self, op: int, code: str) -> None:
         cancelled = self._cancel[op]
@@ -110,19 +124,44 @@ class FakeRunnerProcess:
             self.frozen = True
 
 
+class LingeringHandle(StreamHandle):
+    """A stream's runner whose end is known ``delay`` seconds after its stream ended."""
+
+    def __init__(self, stream: trio.abc.Stream, description: str, delay: float) -> None:
+        super().__init__(stream, description)
+        self._delay = delay
+        self._stream_over = trio.Event()
+
+    def stream_ended(self) -> None:
+        self._stream_over.set()
+        if not self._delay:
+            super().stream_ended()
+
+    async def linger(self) -> None:
+        await self._stream_over.wait()
+        await trio.sleep(self._delay)
+        super().stream_ended()
+
+
 class FakeLauncher(ex.Launcher):
     """Starts fake runners; ``plans`` says how each launch goes, in order ("ok" once
     they are used up), or is a function of the launch number; each start takes
-    ``start_time`` seconds."""
+    ``start_time`` seconds. ``linger``: after its connection ends, a runner's "process"
+    takes that long to be gone (its exit status is awaited that long). ``pong_delay``: how
+    long each runner takes to answer a ping."""
 
     def __init__(
         self,
-        plans: list[Plan] | Callable[[int], Plan] = (),
+        plans: list[Plan] | Callable[[int], Plan] = (),  # type: ignore[assignment]
         *,
-        start_time: float = 0.0,  # type: ignore[assignment]
+        start_time: float = 0.0,
+        linger: float = 0.0,
+        pong_delay: float = 0.0,
     ) -> None:
+        self._pong_delay = pong_delay
         self._plans = plans
         self._start_time = start_time
+        self._linger = linger
         self._numbers = itertools.count()
         self.launches = 0
         self.runners: dict[int, FakeRunnerProcess] = {}  # by the pid each reports
@@ -144,10 +183,13 @@ class FakeLauncher(ex.Launcher):
             await trio.sleep(self._start_time)  # an interpreter's start, in virtual time
         if plan == "fail":
             raise ex.RunnerStartError(f"fake runner {number} could not start", returncode=3)
+        if plan == "oserror":
+            raise OSError(24, "Too many open files")
         client_stream, runner_stream = trio.testing.memory_stream_pair()
         fake = FakeRunnerProcess(number, runner_stream)
+        fake.pong_delay = self._pong_delay
         self.runners[1000 + number] = fake
-        handle = StreamHandle(client_stream, f"fake runner {number}")
+        handle = LingeringHandle(client_stream, f"fake runner {number}", self._linger)
         async with trio.open_nursery() as nursery:
 
             async def run() -> None:
@@ -158,6 +200,7 @@ class FakeLauncher(ex.Launcher):
                         await runner_stream.aclose()
 
             nursery.start_soon(run)
+            nursery.start_soon(handle.linger)
             try:
                 yield handle
             finally:

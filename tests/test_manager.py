@@ -289,7 +289,9 @@ async def test_runners_that_die_as_they_start_are_not_respawned_forever(
         await trio.sleep(5)  # the backoff between the attempts
         s = m.statistics()
         assert s.broken and launcher.launches == 4
-        with pytest.raises(ex.RunnerStartError, match="died right after it started"):
+        with pytest.raises(
+            ex.RunnerStartError, match="died after it started, before it ran any code"
+        ):
             await m.exec("y")
 
 
@@ -314,7 +316,8 @@ async def test_an_idle_runner_that_dies_is_replaced_at_once(
 ) -> None:
     launcher = FakeLauncher()
     async with manager(launcher, size=2, fresh_spares=0) as m:
-        await trio.sleep(5)  # well past START_SETTLE: this is a crash, not a failed start
+        async with m.runner(), m.runner():
+            pass  # both served: a death now is a crash, not a failed start
         fake = launcher.runners[1000]
         await fake.stream.aclose()  # it "dies" while idle
         await settle()
@@ -362,7 +365,7 @@ async def test_an_idle_runner_that_stops_answering_is_killed_by_the_heartbeat(
     launcher = FakeLauncher()
     async with manager(launcher, size=2, heartbeat_interval=1, heartbeat_timeout=0.5) as m:
         await m.exec("freeze")  # the runner it ran on answers nothing more
-        await trio.sleep(3)
+        await trio.sleep(5)
         s = m.statistics()
         assert (s.killed, s.idle) == (1, 2)
         alive = [f for f in launcher.runners.values() if not f.frozen]
@@ -526,3 +529,169 @@ async def test_a_fresh_caller_makes_room_at_once_when_all_runners_are_used(
         start = trio.current_time()
         await m.exec("fresh", fresh=True)
         assert trio.current_time() - start == pytest.approx(1)  # one start, no more
+
+
+# -- the review's findings (each failed before its fix) ---------------------------------
+
+
+async def test_a_runner_found_dead_while_idle_is_never_handed_out(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Its end takes 2 s to be decided (the process lingers): meanwhile it is not handed out.
+    launcher = FakeLauncher(linger=2)
+    async with manager(launcher, size=2, fresh_spares=0) as m:
+        async with m.runner(), m.runner():
+            pass
+        first = next(iter(m._pool._idle_used)).runner  # the next in line
+        await launcher.by_runner(first).stream.aclose()
+        await trio.testing.wait_all_tasks_blocked()
+        assert not first.is_alive
+        start = trio.current_time()
+        value = await m.eval("innocent")  # another runner serves it, at once
+        assert trio.current_time() == start
+        assert 1000 + value_runner(value) != first.welcome.pid
+        await trio.sleep(5)
+        s = m.statistics()
+        assert (s.crashed, s.idle, s.spawned) == (1, 2, 3)
+        assert adds_up(s)
+
+
+async def test_runners_that_die_soon_after_starting_break_the_pool(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "die-after:1.5")
+    async with manager(
+        launcher, size=1, start_attempts=3, heartbeat_interval=0.2, heartbeat_timeout=0.1
+    ) as m:
+        await trio.sleep(60)  # their pings are answered: that proves nothing about starting
+        s = m.statistics()
+        assert s.broken and launcher.launches == 3
+        with pytest.raises(ex.RunnerStartError, match="before it ran any code"):
+            await m.exec("x")
+
+
+async def test_failures_of_starts_running_together_count_once(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # A transient failure hits all five first starts at once; retries, one at a time with
+    # backoff, then succeed.
+    launcher = FakeLauncher(lambda n: "fail" if n < 5 else "ok")
+    async with manager(launcher, size=4, fresh_spares=1, start_attempts=3) as m:
+        s = m.statistics()
+        assert (s.idle, s.start_failures, s.broken) == (5, 5, False)
+        assert launcher.launches == 10
+
+
+async def test_after_a_failure_runners_start_one_at_a_time(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(["ok", "fail"] + ["fail"] * 10, start_time=1)
+    with pytest.raises(ex.RunnerStartError):
+        async with manager(launcher, size=4, fresh_spares=0, start_attempts=3):
+            pass
+    # 4 at once (1 fails), then one at a time: 2 more failures end it.
+    assert launcher.launches == 6
+
+
+async def test_a_launcher_raising_something_else_is_a_failed_start(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(["ok", "ok", "oserror"])
+    async with manager(launcher, size=2, fresh_spares=0) as m:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.exec, "sleep:10")  # in flight: undisturbed
+            await m.exec("x", fresh=True)  # its replacement's launch raises OSError
+            await trio.sleep(1)
+        s = m.statistics()
+        assert (s.start_failures, s.idle, s.broken) == (1, 2, False)
+
+
+async def test_fresh_calls_refused_with_max_waiting_zero_succeed_on_retry(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(start_time=1), size=2, max_waiting=0) as m:
+        async with m.runner(), m.runner():
+            pass  # both used: no fresh runner
+        with pytest.raises(ex.PoolFull, match=r"no fresh .* runner is ready.*being started"):
+            await m.exec("fresh", fresh=True)
+        await trio.sleep(2)
+        assert (await m.exec("fresh", fresh=True)).status == "ok"
+
+
+async def test_a_broken_pool_counts_a_fresh_runner_being_pinged(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "ok" if n < 2 else "fail", pong_delay=0.5)
+    async with manager(
+        launcher, size=1, fresh_spares=1, start_attempts=1, heartbeat_interval=1
+    ) as m:
+        await m.eval("fresh", fresh=True)  # its replacement fails: broken
+        await trio.sleep(0.01)
+        assert m.statistics().broken
+        (spare,) = (f for f in launcher.runners.values() if not f.codes)
+        while not spare.pings:  # noqa: ASYNC110 - until the heartbeat pings the last one
+            await trio.sleep(0.01)
+        assert value_runner(await m.eval("x", fresh=True)) == spare.number  # it waited
+
+
+async def test_a_waiter_cancelled_at_the_hand_over_leaves_the_pool_at_its_target(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=1, fresh_spares=1) as m:
+        await m.exec("use one")
+        for _ in range(5):
+            async with trio.open_nursery() as nursery:
+                scope = trio.CancelScope()
+                lease = m.runner()
+                await lease.__aenter__()
+
+                async def fresh_waiter(scope: trio.CancelScope) -> None:
+                    with scope:
+                        await m.exec("fresh", fresh=True)
+
+                nursery.start_soon(fresh_waiter, scope)
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()  # delivered, then the release hands it the fresh spare
+                await lease.__aexit__(None, None, None)
+            await settle()
+            s = m.statistics()
+            assert s.idle == m.pool_options.target, s
+            assert adds_up(s)
+
+
+async def test_a_crashed_lease_closed_by_its_holder_counts_as_crashed(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=1, fresh_spares=0) as m:
+        async with m.runner() as runner:
+            with pytest.raises(ex.RunnerDied):
+                await runner.exec("die")
+            await runner.aclose()
+        await settle()
+        s = m.statistics()
+        assert (s.crashed, s.discarded) == (1, 0)
+
+
+async def test_each_caller_gets_its_own_error(autojump_clock: trio.abc.Clock) -> None:
+    errors: list[BaseException] = []
+
+    async def call(m: ex.Manager) -> None:
+        try:
+            await m.exec("waits")
+        except trio.ClosedResourceError as exc:
+            errors.append(exc)
+
+    async def hold(m: ex.Manager) -> None:
+        async with m.runner():
+            await trio.sleep_forever()
+
+    async with trio.open_nursery() as nursery:
+        async with manager(FakeLauncher(), size=1) as m:
+            nursery.start_soon(hold, m)
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(3):
+                nursery.start_soon(call, m)
+            await trio.testing.wait_all_tasks_blocked()
+        await trio.testing.wait_all_tasks_blocked()
+        nursery.cancel_scope.cancel()
+    assert len(errors) == 3 and len({id(e) for e in errors}) == 3

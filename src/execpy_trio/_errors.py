@@ -32,7 +32,7 @@ __all__ = [
 ]
 
 
-def _describe_exit(returncode: int | None) -> str:
+def describe_exit(returncode: int | None) -> str:
     if returncode is None:
         return "exit status unknown"
     if returncode < 0:
@@ -101,7 +101,7 @@ class RunnerDied(ExecpyError):
         who = f"runner (pid {pid})" if pid is not None else "runner"
         doing = f"while running {op}" if op is not None else "while idle"
         super().__init__(
-            f"the {who} died {doing}: {reason}; {_describe_exit(returncode)}; "
+            f"the {who} died {doing}: {reason}; {describe_exit(returncode)}; "
             f"{_format_tail(stderr_tail)}\nThis runner cannot be used any more: start a new "
             "one."
         )

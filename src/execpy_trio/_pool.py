@@ -20,9 +20,14 @@ is **used** and is never handed out as fresh again. An exclusive hand-out is a *
   callers wait for fresh ones and the inventory has no room to start them.
 * A retiring runner (too many ops, too much memory) keeps serving, last in line, until its
   replacement has arrived; then it is closed between ops.
-* Start failures in a row are counted (a runner that dies before it served anything
-  counts too); after ``start_attempts`` the pool is *broken*: nothing more is started and
-  callers that nothing can serve any more get the :class:`RunnerStartError`.
+* Start failures in a row are counted: a runner that dies before it was ever leased
+  counts too, and failures of starts that ran at the same time count once. After a
+  failure, runners start one at a time with backoff; a runner that serves an op and
+  lives ends the streak. After ``start_attempts`` the pool is *broken*: nothing more is
+  started and callers that nothing can serve any more get a :class:`RunnerStartError`.
+* A runner found dead while idle is never handed out: it waits ("dying") for its
+  watcher, outside the inventory, so its replacement starts at once.
+* Removals that need the runner closed are queued in :attr:`Pool.to_close`.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ from typing import TYPE_CHECKING, Any, Final, Literal
 import attrs
 import trio
 
-from ._errors import ExecpyError, RunnerStartError
+from ._errors import ExecpyError, RunnerDied, RunnerStartError, describe_exit
 
 if TYPE_CHECKING:
     from ._session import Runner
@@ -44,16 +49,14 @@ __all__ = ["Entry", "Pool", "PoolFull", "PoolOptions"]
 
 #: The longest pause between start attempts after failures.
 MAX_BACKOFF: Final = 5.0
-#: A fresh runner that ends by itself this soon after it joined failed to start, as far as
-#: the failure streak is concerned.
-START_SETTLE: Final = 1.0
 #: Waiters gone before their turn that may stay queued before the queues are swept.
 COMPACT_MIN: Final = 64
 
-EntryState = Literal["idle", "busy", "checking", "gone"]
+EntryState = Literal["idle", "busy", "checking", "dying", "gone"]
 IDLE: Final = "idle"
 BUSY: Final = "busy"
 CHECKING: Final = "checking"  # idle, being pinged by the heartbeat
+DYING: Final = "dying"  # found dead while idle; its watcher takes it out
 GONE: Final = "gone"
 
 #: Why a runner left the pool: the counters of :class:`ManagerStatistics`.
@@ -130,6 +133,7 @@ class Entry:
 
     __slots__ = (
         "discard",
+        "epoch",
         "fresh",
         "idle_since",
         "joined",
@@ -139,15 +143,16 @@ class Entry:
         "was_fresh",
     )
 
-    def __init__(self, runner: Runner, now: float) -> None:
+    def __init__(self, runner: Runner, now: float, epoch: int) -> None:
         self.runner = runner
         self.state: EntryState = IDLE
         self.fresh = True  # never handed out
         self.was_fresh = False  # fresh before its current lease
         self.retiring = False
-        self.discard = False  # leased fresh: thrown away when returned
+        self.discard = False  # leased fresh, or dead: leaves when returned
         self.idle_since = now
         self.joined = now
+        self.epoch = epoch  # the failure epoch its start began in
 
     def __repr__(self) -> str:
         flags = [f for f in ("fresh", "retiring", "discard") if getattr(self, f)]
@@ -167,6 +172,15 @@ class Waiter:
         self.waiting = True
 
 
+def _bucket(runner: Runner) -> Bucket:
+    """Why a runner that is no longer alive left, from how it ended."""
+    if runner.killed:
+        return "killed"
+    if isinstance(runner.lost_error(), trio.ClosedResourceError):
+        return "discarded"  # closed by whoever held it, not dead by itself
+    return "crashed"
+
+
 class Pool:
     """The state of one manager's pool (see the module docstring)."""
 
@@ -184,10 +198,16 @@ class Pool:
         self.waiting = 0
         self._fresh_waiting = 0
         self._settled_in_queue = 0  # waiters that left before their turn, still queued
+        self._fresh_refused = 0  # fresh calls refused since the last rebalance
         self.busy = 0
         self.starting = 0
+        #: Runners that left the pool and must be closed (the manager drains it).
+        self.to_close: list[Runner] = []
         self.streak = 0  # start failures in a row
-        self.broken: RunnerStartError | None = None
+        self.epoch = 0  # counted start failures so far: a start knows the failures before it
+        self._last_start_failed = False
+        self._last_failure: RunnerStartError | None = None
+        self.broken = False
         self.closed = False
         self.counts = {
             "spawned": 0,
@@ -210,41 +230,72 @@ class Pool:
 
     def _staying(self) -> int:
         """Runners that will stay: the inventory, measured against the target."""
-        return sum(1 for e in self.entries if not (e.retiring or e.discard))
+        return sum(
+            1
+            for e in self.entries
+            if not (e.retiring or e.discard or e.state == DYING) and e.runner.is_alive
+        )
+
+    def _fresh_ready(self) -> int:
+        """Fresh runners idle or being pinged."""
+        checking = self._checking and sum(
+            1 for e in self.entries if e.fresh and e.state == CHECKING
+        )
+        return len(self._idle_fresh) + checking
 
     def wanted_starts(self) -> int:
-        """How many more runners to start now."""
-        if self.closed or self.broken is not None:
+        """How many more runners to start now: after a failure, one at a time."""
+        if self.closed or self.broken:
             return 0
-        return max(0, self.options.target - self._staying() - self.starting)
+        wanted = max(0, self.options.target - self._staying() - self.starting)
+        if self.streak:
+            wanted = min(wanted, max(0, 1 - self.starting))
+        return wanted
 
     def backoff(self) -> float:
-        """The pause before the next start attempt."""
-        if self.streak == 0:
+        """The pause before the next start attempt (only right after a failure)."""
+        if not self._last_start_failed or self.streak == 0:
             return 0.0
         return float(min(self.options.start_backoff * 2 ** (self.streak - 1), MAX_BACKOFF))
 
-    def added(self, runner: Runner, now: float) -> Entry:
-        """A runner has started: it joins the pool, idle and fresh."""
-        entry = Entry(runner, now)
+    def added(self, runner: Runner, now: float, epoch: int) -> Entry:
+        """A runner has started (its start began in failure ``epoch``): it joins the
+        pool, idle and fresh."""
+        entry = Entry(runner, now, epoch)
         self.entries.add(entry)
         self._idle_fresh[entry] = None
         self.counts["spawned"] += 1
+        self._last_start_failed = False
         return entry
 
-    def start_failed(self, error: RunnerStartError) -> None:
+    def start_failed(self, error: RunnerStartError, epoch: int) -> None:
+        """A start that began in failure ``epoch`` failed. Failures of starts that ran at
+        the same time count once in the streak."""
         self.counts["start_failures"] += 1
+        self._last_failure = error
+        self._last_start_failed = True
+        if epoch != self.epoch:
+            return  # began before the last counted failure: the same bout
+        self.epoch += 1
         self.streak += 1
-        if self.streak >= self.options.start_attempts and self.broken is None:
-            attempts = self.options.start_attempts
-            broken = RunnerStartError(
-                f"the manager gave up starting runners after {attempts} failed start"
-                f"{'s' if attempts != 1 else ''} in a row; the last: {error}",
-                stderr_tail=error.stderr_tail,
-                returncode=error.returncode,
-            )
-            broken.__cause__ = error
-            self.broken = broken
+        if self.streak >= self.options.start_attempts:
+            self.broken = True
+
+    def broken_error(self) -> RunnerStartError:
+        """A new error for each caller that a broken pool cannot serve."""
+        error = self._last_failure
+        assert error is not None
+        attempts = self.options.start_attempts
+        broken = RunnerStartError(
+            f"the manager gave up starting runners after {attempts} failed start"
+            f"{'s' if attempts != 1 else ''} in a row; the last: {error}; fix the cause and "
+            "open a new manager",
+            stderr_tail=(),
+            returncode=error.returncode,
+        )
+        broken.stderr_tail = error.stderr_tail
+        broken.__cause__ = error
+        return broken
 
     def _idle_of(self, entry: Entry) -> dict[Entry, None]:
         if entry.fresh:
@@ -266,6 +317,18 @@ class Pool:
         entry.state = GONE
         self.entries.discard(entry)
         self.counts[bucket] += 1
+        self.to_close.append(entry.runner)
+
+    def _first_alive(self, idle: dict[Entry, None]) -> Entry | None:
+        """The least recently used entry of ``idle`` whose runner is alive; dead ones
+        found on the way wait for their watcher, out of service."""
+        while idle:
+            entry = next(iter(idle))
+            if entry.runner.is_alive:
+                return entry
+            del idle[entry]
+            entry.state = DYING
+        return None
 
     # -- leases ---------------------------------------------------------------------------
 
@@ -277,8 +340,9 @@ class Pool:
 
     def _any_idle(self) -> Entry | None:
         for idle in (self._idle_used, self._idle_retiring, self._idle_fresh):
-            if idle:
-                return next(iter(idle))
+            entry = self._first_alive(idle)
+            if entry is not None:
+                return entry
         return None
 
     def _hand_out(self, entry: Entry, fresh: bool) -> None:
@@ -324,7 +388,7 @@ class Pool:
             general = self._head(self._waiters_any)
             fresh = self._head(self._waiters_fresh)
             any_idle = self._any_idle() if general is not None else None
-            fresh_idle = next(iter(self._idle_fresh), None) if fresh is not None else None
+            fresh_idle = self._first_alive(self._idle_fresh) if fresh is not None else None
             if any_idle is not None and (fresh_idle is None or general.seq < fresh.seq):  # type: ignore[union-attr]
                 waiter, entry, queue = general, any_idle, self._waiters_any
             elif fresh_idle is not None:
@@ -336,15 +400,17 @@ class Pool:
             if waiter.fresh and entry.joined > waiter.since:
                 self.counts["fresh_waits"] += 1  # its runner started after it asked
             self._hand_out(entry, waiter.fresh)
-            self._settle(waiter, entry=entry)
-        if self.broken is not None:
-            self._fail_hopeless(self.broken)
+            self._settle(waiter, entry=entry, queued=False)
+        if self.broken:
+            self._fail_hopeless()
 
-    def _fail_hopeless(self, error: RunnerStartError) -> None:
+    def _fail_hopeless(self) -> None:
         """Nothing more is started: fail the callers that nothing left can serve."""
         if self.starting:
             return  # a start under way may still succeed
-        hopeless_fresh = not self._idle_fresh
+        hopeless_fresh = not any(
+            e.fresh and e.state in (IDLE, CHECKING) and e.runner.is_alive for e in self.entries
+        )
         hopeless_any = not any(e.runner.is_alive for e in self.entries)
         for queue, hopeless in (
             (self._waiters_fresh, hopeless_fresh),
@@ -354,15 +420,31 @@ class Pool:
                 while queue:
                     waiter = queue.popleft()
                     if waiter.waiting:
-                        self._settle(waiter, error=error, queued=False)
+                        self._settle(waiter, error=self.broken_error(), queued=False)
 
     def check_usable(self) -> None:
         if self.closed:
             raise trio.ClosedResourceError("this manager was closed; open a new one")
 
+    def _refusal(self, fresh: bool) -> PoolFull:
+        limit = self.options.max_waiting
+        callers = f"{limit} caller{'s' if limit != 1 else ''}"
+        if fresh:
+            self._fresh_refused += 1  # so that the next rebalance starts a fresh runner
+            return PoolFull(
+                f"no fresh (never used) runner is ready and {callers} already wait for one "
+                f"(max_waiting={limit}); one is being started: retry in a moment, or raise "
+                "fresh_spares or max_waiting"
+            )
+        return PoolFull(
+            f"no runner is free and {callers} already wait for one (max_waiting={limit}); "
+            "retry later, or raise size or max_waiting"
+        )
+
     async def acquire(self, fresh: bool, before_wait: Callable[[], None]) -> Entry:
-        """Lease a runner (FIFO). ``before_wait`` is called when the caller has to wait,
-        once it is queued. Cancellable while waiting: then nothing was leased."""
+        """Lease a runner (FIFO). ``before_wait`` is called when the caller has to wait
+        or is refused, once it is queued. Cancellable while waiting: then nothing was
+        leased."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self.check_usable()
         if self.busy < self.options.size:
@@ -370,8 +452,8 @@ class Pool:
             # them), so taking one now keeps the FIFO order.
             entry: Entry | None = None
             if fresh:
-                if not self._fresh_waiting and self._idle_fresh:
-                    entry = next(iter(self._idle_fresh))
+                if not self._fresh_waiting:
+                    entry = self._first_alive(self._idle_fresh)
             elif self.waiting == self._fresh_waiting:
                 entry = self._any_idle()
             if entry is not None:
@@ -386,14 +468,8 @@ class Pool:
         if waiter.waiting:
             limit = self.options.max_waiting
             if limit is not None and self.waiting > limit:
-                self._settle(
-                    waiter,
-                    error=PoolFull(
-                        f"no runner is free and {limit} caller{'s' if limit != 1 else ''} "
-                        f"already wait for one (max_waiting={limit}); retry later, or "
-                        "raise size or max_waiting"
-                    ),
-                )
+                self._settle(waiter, error=self._refusal(fresh))
+                before_wait()
             else:
                 before_wait()
                 try:
@@ -415,90 +491,95 @@ class Pool:
             return
         self.busy -= 1
         self.counts["leases"] -= 1
-        entry.fresh = entry.was_fresh
-        entry.discard = False
-        if entry.state == BUSY:
-            self._make_idle(entry, trio.current_time())
+        if not entry.runner.is_alive:
+            self._remove(entry, _bucket(entry.runner))
+        else:
+            entry.fresh = entry.was_fresh
+            entry.discard = False
+            self._make_idle(entry, entry.idle_since)  # as idle as it was: heartbeat timing
         self.dispatch()
 
-    def release(self, entry: Entry, *, recycle: bool, now: float) -> Bucket | None:
-        """A lease ended. Returns why the runner leaves the pool (the manager then closes
-        it), or None if it stays."""
-        runner = entry.runner
+    def release(self, entry: Entry, *, recycle: bool, now: float) -> None:
+        """A lease ended: the runner goes back, or leaves the pool (to be closed)."""
         if self.closed:
-            return None  # the shutdown closes it
+            return  # the shutdown closes it
         self.busy -= 1
-        if entry.state == GONE:
-            return None
-        bucket: Bucket | None = None
+        runner = entry.runner
         if not runner.is_alive:
-            bucket = (
-                "killed"
-                if runner.killed
-                else ("discarded" if runner.state == "closed" else "crashed")
-            )
-        elif entry.discard:
-            bucket = "discarded"
-        else:
-            self.streak = 0  # it served and lives: starting works
-            if recycle:
-                entry.retiring = True
-            if entry.retiring and self._staying() >= self.options.target:
-                bucket = "recycled"
-        if bucket is not None:
-            self._remove(entry, bucket)
-            return bucket
+            self._remove(entry, _bucket(runner))
+            return
+        self.streak = 0  # it served and lives: starting works
+        if entry.discard:
+            self._remove(entry, "discarded")
+            return
+        if recycle:
+            entry.retiring = True
+        if entry.retiring and self._staying() >= self.options.target:
+            self._remove(entry, "recycled")
+            return
         self._make_idle(entry, now)
-        return None
 
-    def runner_ended(self, entry: Entry, now: float) -> Bucket | None:
+    def runner_ended(self, entry: Entry) -> Bucket | None:
         """The watcher saw a runner end. Returns its bucket if it left the pool now (it
         was idle); a busy one leaves when its caller returns it."""
         if entry.state == GONE or self.closed:
             return None  # closed by us
         if entry.state == BUSY:
-            entry.discard = True  # so that a replacement starts now
+            entry.discard = True  # out of the inventory: a replacement starts now
             return None
         runner = entry.runner
-        bucket: Bucket = "killed" if runner.killed else "crashed"
-        if bucket == "crashed" and entry.fresh and now - entry.joined < START_SETTLE:
-            # It died as soon as it started, before it served anything: a failed start.
+        bucket = _bucket(runner)
+        if bucket == "crashed" and entry.fresh:
+            # It died before it was ever leased: as good as a failed start.
             died = runner.lost_error()
+            why = died.reason if isinstance(died, RunnerDied) else str(died)
             self.start_failed(
                 RunnerStartError(
-                    f"a runner died right after it started, before it ran any code: {died}",
+                    f"a runner died after it started, before it ran any code: {why}, "
+                    f"{describe_exit(runner.returncode)}",
                     stderr_tail=runner.stderr_tail(),
                     returncode=runner.returncode,
-                )
+                ),
+                entry.epoch,
             )
-        self._remove(entry, bucket)
+        if entry.state == DYING:
+            entry.state = GONE  # already out of the idle sets
+            self.entries.discard(entry)
+            self.counts[bucket] += 1
+            self.to_close.append(runner)
+        else:
+            self._remove(entry, bucket)
         return bucket
 
     # -- rebalancing and the heartbeat ----------------------------------------------------
 
-    def rebalance(self) -> list[Entry]:
-        """Retire idle used runners to make room for fresh ones callers wait for; return
-        the retiring runners whose replacements have arrived (to close now)."""
-        closing: list[Entry] = []
+    def rebalance(self) -> None:
+        """Retire idle used runners to make room for fresh ones that callers wait for,
+        and close runners beyond the target once their replacements are in."""
         if self.closed:
-            return closing
-        if self.broken is None:
-            short = (
-                min(self._fresh_waiting, self.options.size - self.busy)
-                - self.starting
-                - len(self._idle_fresh)
-            )
-            while short > 0 and self.wanted_starts() == 0 and self._idle_used:
-                entry = next(iter(self._idle_used))
+            return
+        target = self.options.target
+        if not self.broken:
+            wanted = min(self._fresh_waiting + self._fresh_refused, self.options.size - self.busy)
+            short = wanted - self.starting - self._fresh_ready()
+            while short > 0 and self.wanted_starts() == 0:
+                entry = self._first_alive(self._idle_used)
+                if entry is None:
+                    break
                 del self._idle_used[entry]
                 entry.retiring = True
                 self._idle_retiring[entry] = None
                 short -= 1
-        while self._idle_retiring and self._staying() >= self.options.target:
-            entry = next(iter(self._idle_retiring))
-            self._remove(entry, "recycled")
-            closing.append(entry)
-        return closing
+        self._fresh_refused = 0
+        while self._idle_retiring and self._staying() >= target:
+            self._remove(next(iter(self._idle_retiring)), "recycled")
+        # Above the target (a runner given back after its replacement had started):
+        # the least useful idle runner goes.
+        while self._staying() > target:
+            extra = self._first_alive(self._idle_used) or self._first_alive(self._idle_fresh)
+            if extra is None:
+                break
+            self._remove(extra, "recycled")
 
     def due_for_heartbeat(self, idle_since: float) -> list[Entry]:
         """Idle runners idle since before ``idle_since``: they are taken out of service
@@ -518,7 +599,6 @@ class Pool:
         if entry.state == CHECKING:
             self._checking -= 1
             self._make_idle(entry, now)
-            self.streak = 0
 
     # -- closing --------------------------------------------------------------------------
 
@@ -527,13 +607,13 @@ class Pool:
         which leaves it."""
         self.closed = True
         self.busy = 0
-        error = trio.ClosedResourceError(
-            "the manager was closed while this call waited for a runner"
-        )
         for queue in (self._waiters_any, self._waiters_fresh):
             while queue:
                 waiter = queue.popleft()
                 if waiter.waiting:
+                    error = trio.ClosedResourceError(
+                        "the manager was closed while this call waited for a runner"
+                    )
                     self._settle(waiter, error=error, queued=False)
         entries = list(self.entries)
         self.entries.clear()

@@ -31,7 +31,7 @@ import logging
 import math
 import sys
 from collections.abc import AsyncIterator, Mapping
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
@@ -70,6 +70,11 @@ if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
 __all__ = ["Manager", "ManagerStatistics", "PoolFull", "PoolOptions", "open_manager"]
 
 logger = logging.getLogger("execpy_trio.manager")
+
+#: Beyond handshake_timeout, how long a launcher may take to deliver a runner.
+START_SLACK: Final = 5.0
+#: Heartbeat pings in a row an idle runner must miss to be killed.
+HEARTBEAT_MISSES: Final = 2
 
 
 @attrs.frozen
@@ -151,7 +156,7 @@ class Manager:
             fresh_waits=c["fresh_waits"],
             leases=c["leases"],
             start_failures=c["start_failures"],
-            broken=pool.broken is not None,
+            broken=pool.broken,
             closed=pool.closed,
         )
 
@@ -231,7 +236,11 @@ class Manager:
     # -- keeping the pool -----------------------------------------------------------------
 
     async def _acquire(self, fresh: bool) -> Entry:
-        entry = await self._pool.acquire(fresh, self._changed)
+        try:
+            entry = await self._pool.acquire(fresh, self._changed)
+        except BaseException:
+            self._changed()  # a runner given back (cancelled at the hand-over) may go
+            raise
         if entry.discard:
             self._changed()  # leased fresh: its replacement starts now
         return entry
@@ -240,12 +249,12 @@ class Manager:
         """Act on what the pool is short of, after any change."""
         pool = self._pool
         pool.dispatch()
-        for entry in pool.rebalance():
-            logger.debug("retiring %r", entry.runner)
-            self._nursery.start_soon(self._close, entry.runner)
+        pool.rebalance()
+        while pool.to_close:
+            self._nursery.start_soon(self._close, pool.to_close.pop())
         for _ in range(pool.wanted_starts()):
             pool.starting += 1
-            self._nursery.start_soon(self._start)
+            self._nursery.start_soon(self._start, pool.epoch)
         if self._progress is not None:
             self._progress.set()
             self._progress = None
@@ -254,36 +263,56 @@ class Manager:
         runner = entry.runner
         pool = self._pool
         recycle = False
-        if runner.is_alive and not entry.discard and not pool.closed:
+        if not runner.is_alive:
+            # Its caller got the RunnerDied; this is for whoever watches the pool.
+            logger.info("replacing a runner that ended during a lease: %r", runner)
+        elif not entry.discard and not pool.closed:
             opts = self.pool_options
             if opts.recycle_after_ops is not None:
                 recycle = runner.statistics().ops_started >= opts.recycle_after_ops
             if not recycle and opts.recycle_above_rss is not None:
                 rss = runner.resident_memory()
                 recycle = rss is not None and rss > opts.recycle_above_rss
-        bucket = pool.release(entry, recycle=recycle, now=trio.current_time())
-        if bucket is not None:
-            if bucket in ("crashed", "killed"):
-                # Its caller got the RunnerDied; this is for whoever watches the pool.
-                logger.info("replacing a runner that %s during a lease: %r", bucket, runner)
-            self._nursery.start_soon(self._close, runner)
+        pool.release(entry, recycle=recycle, now=trio.current_time())
         self._changed()
 
-    async def _start(self) -> None:
+    async def _start(self, epoch: int) -> None:
+        """Start one runner; ``epoch``: the pool's failure count when it was asked for."""
         pool = self._pool
+        limit = self.options.handshake_timeout + START_SLACK
         with trio.CancelScope() as scope:
             self._start_scopes.add(scope)
             try:
                 delay = pool.backoff()
                 if delay:
                     await trio.sleep(delay)
-                runner = await start_runner(self._nursery, self.options, launcher=self._launcher)
-            except RunnerStartError as exc:
+                if pool.broken or pool.closed:
+                    pool.starting -= 1  # gave up while this one waited
+                    self._changed()
+                    return
+                with trio.move_on_after(limit) as bound:
+                    runner = await start_runner(
+                        self._nursery, self.options, launcher=self._launcher
+                    )
+                if bound.cancelled_caught:
+                    raise RunnerStartError(
+                        f"the launcher {self._launcher!r} did not deliver a runner within "
+                        f"{limit:g} s (handshake_timeout + {START_SLACK:g} s)"
+                    )
+            except Exception as exc:
                 pool.starting -= 1
                 if pool.closed:
                     return  # stopped by the shutdown
+                if not isinstance(exc, RunnerStartError):
+                    # A launcher that raised something else (EMFILE, a bug): a failed
+                    # start all the same, not the end of the manager.
+                    error = RunnerStartError(
+                        f"the launcher {self._launcher!r} failed: {type(exc).__name__}: {exc}"
+                    )
+                    error.__cause__ = exc
+                    exc = error
                 logger.warning("a runner failed to start: %s", exc)
-                pool.start_failed(exc)
+                pool.start_failed(exc, epoch)
                 self._changed()
                 return
             except BaseException:
@@ -295,16 +324,15 @@ class Manager:
             if pool.closed:
                 self._nursery.start_soon(self._close, runner)
                 return
-            entry = pool.added(runner, trio.current_time())
+            entry = pool.added(runner, trio.current_time(), epoch)
             self._nursery.start_soon(self._watch, entry)
             self._changed()
 
     async def _watch(self, entry: Entry) -> None:
         await entry.runner.wait_closed()
-        bucket = self._pool.runner_ended(entry, trio.current_time())
+        bucket = self._pool.runner_ended(entry)
         if bucket is not None:
             logger.warning("an idle runner %s: %s", bucket, entry.runner.lost_error())
-            self._nursery.start_soon(self._close, entry.runner)
         self._changed()
 
     async def _close(self, runner: Runner) -> None:
@@ -322,16 +350,27 @@ class Manager:
     async def _ping(self, entry: Entry) -> None:
         timeout = self.pool_options.heartbeat_timeout
         runner = entry.runner
-        with trio.move_on_after(timeout) as scope:
-            try:
-                await runner.ping()
-            except (ExecpyError, trio.ClosedResourceError):
-                return  # it ended: its watcher takes it from here
-        if scope.cancelled_caught:
+        # Two pings in a row must go unanswered, and nothing at all arrive from the
+        # runner meanwhile: a pong may only have been late to be read (this process
+        # paused: a blocking call, a long GC), which says nothing about the runner.
+        for _ in range(HEARTBEAT_MISSES):
+            received = runner.statistics().transport.bytes_received
+            with trio.move_on_after(timeout):
+                try:
+                    await runner.ping()
+                except (ExecpyError, trio.ClosedResourceError):
+                    return  # it ended: its watcher takes it from here
+                break
+            for _ in range(3):
+                await trio.lowlevel.checkpoint()  # let the reader take what is there
+            if runner.statistics().transport.bytes_received != received:
+                break
+        else:
             if entry.state == CHECKING and runner.is_alive:
                 await runner.kill(
-                    f"it did not answer a heartbeat ping within heartbeat_timeout={timeout} s "
-                    "while idle (stopped or wedged), so the manager killed it"
+                    f"it did not answer {HEARTBEAT_MISSES} heartbeat pings in a row within "
+                    f"heartbeat_timeout={timeout} s each while idle (stopped or wedged), so "
+                    "the manager killed it"
                 )
             return
         self._pool.checked(entry, trio.current_time())
@@ -340,11 +379,11 @@ class Manager:
     async def _fill(self) -> None:
         """Wait until the pool has all its runners, or has given up starting them."""
         pool = self._pool
-        while pool.broken is None and (pool.starting or pool.wanted_starts()):
+        while not pool.broken and (pool.starting or pool.wanted_starts()):
             self._progress = trio.Event()
             await self._progress.wait()
-        if pool.broken is not None:
-            raise pool.broken.with_traceback(None)
+        if pool.broken:
+            raise pool.broken_error()
 
     async def _shutdown(self) -> None:
         """Close everything, bounded; shielded (called at the end of ``open_manager``)."""

@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 import trio
+import trio.lowlevel
 
 import execpy_trio as ex
 
@@ -273,3 +274,18 @@ async def test_recycling_by_ops_and_by_memory() -> None:
             await wait_for(lambda: m.statistics().recycled == 1, "the retirement")
             assert await m.eval("__import__('os').getpid()") != first
             assert await m.eval("'hog' in globals()") is False
+
+
+async def test_a_pause_of_this_process_does_not_kill_healthy_idle_runners() -> None:
+    import time
+
+    with trio.fail_after(BOUND):
+        async with ex.open_manager(
+            size=2, fresh_spares=1, heartbeat_interval=0.2, heartbeat_timeout=0.3
+        ) as m:
+            for _ in range(6):
+                time.sleep(0.5)  # noqa: ASYNC251 - the point: the loop blocks, pings in flight
+                await trio.lowlevel.checkpoint()
+            await trio.sleep(0.5)
+            s = m.statistics()
+            assert (s.killed, s.spawned) == (0, 3)
