@@ -26,7 +26,8 @@ import execpy_trio.protocol as P
 from execpy_trio.launch import StreamHandle
 
 #: How a launch goes: "ok", "fail" (the launcher raises RunnerStartError), "oserror" (it
-#: raises OSError, as a third-party launcher might), "silent" (no welcome: the handshake
+#: raises OSError, as a third-party launcher might), "refuse" (a RunnerStartError that
+#: says retrying cannot help), "silent" (no welcome: the handshake
 #: times out), "die-after-welcome" (ends right after its welcome), "die-after:S" (ends S
 #: seconds after its welcome, idle).
 Plan = str
@@ -185,6 +186,8 @@ class FakeLauncher(ex.Launcher):
             raise ex.RunnerStartError(f"fake runner {number} could not start", returncode=3)
         if plan == "oserror":
             raise OSError(24, "Too many open files")
+        if plan == "refuse":
+            raise ex.RunnerStartError(f"fake runner {number} cannot start", retryable=False)
         client_stream, runner_stream = trio.testing.memory_stream_pair()
         fake = FakeRunnerProcess(number, runner_stream)
         fake.pong_delay = self._pong_delay

@@ -464,7 +464,11 @@ async def test_an_error_in_the_block_arrives_unwrapped(autojump_clock: trio.abc.
         ({"heartbeat_interval": 0}, ValueError, "heartbeat_interval must be a positive"),
         ({"recycle_after_ops": 0}, ValueError, "recycle_after_ops"),
         ({"start_attempts": 0}, ValueError, "start_attempts"),
-        ({"sizes": 2}, TypeError, "unknown runner option"),
+        ({"sizes": 2}, TypeError, r"unknown option\(s\) \['sizes'\]; the pool options"),
+        ({"fresh": True}, TypeError, "fresh= is an argument of exec"),
+        ({"size": 2000}, ValueError, "more than 1024 runners"),
+        ({"launcher": "local"}, TypeError, "launcher must be an execpy_trio.Launcher"),
+        ({"launcher": ex.LocalLauncher}, TypeError, "write launcher=LocalLauncher()"),
         ({"cancel_grace": -1}, ValueError, "cancel_grace"),
         ({"pool": {"size": 2}}, TypeError, "pool must be a PoolOptions"),
     ],
@@ -473,8 +477,9 @@ async def test_bad_options_are_refused_before_anything_starts(
     keywords: dict[str, Any], error: type[Exception], match: str
 ) -> None:
     launcher = FakeLauncher()
+    keywords.setdefault("launcher", launcher)
     with pytest.raises(error, match=match):
-        async with ex.open_manager(launcher=launcher, **keywords):
+        async with ex.open_manager(**keywords):
             pass
     assert launcher.launches == 0
 
@@ -491,31 +496,33 @@ async def test_callers_that_give_up_waiting_do_not_grow_the_queue(
     autojump_clock: trio.abc.Clock,
 ) -> None:
     async with manager(FakeLauncher(), size=1, max_waiting=1000) as m:
-        async with m.runner():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(m.exec, "the one who waits")  # the head of the queue
-                await trio.testing.wait_all_tasks_blocked()
-                for _ in range(2000):
-                    with trio.move_on_after(0.001):
-                        await m.exec("gives up")
-                queues = m._pool._waiters_any, m._pool._waiters_fresh
-                assert sum(len(q) for q in queues) <= 2 * 64  # swept, not 2000
-                assert m.statistics().waiting == 1
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.exec, "sleep:1000")  # holds the runner
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(m.exec, "the one who waits")  # the head of the queue
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(2000):
+                with trio.move_on_after(0.001):
+                    await m.exec("gives up")
+            queues = m._pool._waiters_any, m._pool._waiters_fresh
+            assert sum(len(q) for q in queues) <= 2 * 64  # swept, not 2000
+            assert m.statistics().waiting == 1
+            nursery.cancel_scope.cancel()
 
 
 async def test_refused_callers_do_not_grow_the_queue(autojump_clock: trio.abc.Clock) -> None:
     async with manager(FakeLauncher(), size=1, max_waiting=1) as m:
-        async with m.runner():
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(m.exec, "the one who waits")
-                await trio.testing.wait_all_tasks_blocked()
-                for _ in range(2000):
-                    with pytest.raises(ex.PoolFull):
-                        await m.exec("refused")
-                queues = m._pool._waiters_any, m._pool._waiters_fresh
-                assert sum(len(q) for q in queues) <= 2 * 64
-                nursery.cancel_scope.cancel()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.exec, "sleep:1000")  # holds the runner
+            await trio.testing.wait_all_tasks_blocked()
+            nursery.start_soon(m.exec, "the one who waits")
+            await trio.testing.wait_all_tasks_blocked()
+            for _ in range(2000):
+                with pytest.raises(ex.PoolFull):
+                    await m.exec("refused")
+            queues = m._pool._waiters_any, m._pool._waiters_fresh
+            assert sum(len(q) for q in queues) <= 2 * 64
+            nursery.cancel_scope.cancel()
 
 
 async def test_a_fresh_caller_makes_room_at_once_when_all_runners_are_used(
@@ -695,3 +702,43 @@ async def test_each_caller_gets_its_own_error(autojump_clock: trio.abc.Clock) ->
         await trio.testing.wait_all_tasks_blocked()
         nursery.cancel_scope.cancel()
     assert len(errors) == 3 and len({id(e) for e in errors}) == 3
+
+
+async def test_a_wait_that_could_never_end_is_refused(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher(), size=1) as m:
+        async with m.runner() as runner:
+            with pytest.raises(RuntimeError, match=r"already holds a runner.*never end"):
+                await m.eval("nested")  # would wait for the lease this very task holds
+            assert m.statistics().waiting == 0
+            assert value_runner(await runner.eval("x")) >= 0  # the lease is fine
+        await m.eval("after")
+
+
+async def test_holding_a_lease_and_waiting_is_fine_when_another_can_return(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=2) as m:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.exec, "sleep:5")  # holds the other runner, then returns it
+            await trio.testing.wait_all_tasks_blocked()
+            async with m.runner():
+                assert value_runner(await m.eval("waits 5 s")) >= 0
+
+
+async def test_call_arguments_are_checked(autojump_clock: trio.abc.Clock) -> None:
+    async with manager(FakeLauncher()) as m:
+        with pytest.raises(TypeError, match="fresh must be True or False"):
+            await m.exec("x", fresh="yes")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="exec: code must be a str, not bytes"):
+            await m.exec(b"x")  # type: ignore[arg-type]
+        with pytest.raises(TypeError, match="variables must be a mapping"):
+            await m.exec("x", variables=[1])  # type: ignore[arg-type]
+        assert m.statistics().busy == 0 and adds_up(m.statistics())
+
+
+async def test_a_start_that_cannot_pass_is_not_retried(autojump_clock: trio.abc.Clock) -> None:
+    launcher = FakeLauncher(lambda n: "refuse")
+    with pytest.raises(ex.RunnerStartError, match="at once, since trying again cannot help"):
+        async with manager(launcher, size=1, fresh_spares=0, start_attempts=5):
+            pass
+    assert launcher.launches == 1

@@ -55,7 +55,10 @@ class RunnerStartError(ExecpyError):
     protocol version mismatch.
 
     ``stderr_tail`` holds the last lines the runner wrote to its own stderr (often the
-    reason), ``returncode`` its exit status if it had exited.
+    reason), ``returncode`` its exit status if it had exited. ``retryable`` is False when
+    starting again with the same options would fail the same way (the command does not
+    exist, a preload module fails to import, the runner refuses the limits or speaks
+    another protocol version); True for what may pass (a timeout, a crash, EAGAIN).
     """
 
     def __init__(
@@ -64,9 +67,11 @@ class RunnerStartError(ExecpyError):
         *,
         stderr_tail: tuple[str, ...] = (),
         returncode: int | None = None,
+        retryable: bool = True,
     ) -> None:
         self.stderr_tail = stderr_tail
         self.returncode = returncode
+        self.retryable = retryable
         if stderr_tail:
             tail = _format_tail(stderr_tail, "the runner's")
             message = f"{message}\n{tail[0].upper()}{tail[1:]}"

@@ -97,6 +97,7 @@ async def _handshake(handle: RunnerHandle, transport: Transport, options: Runner
             f"{refused}; runner: {handle.description}",
             stderr_tail=handle.stderr_tail(),
             returncode=handle.returncode,
+            retryable=False,
         )
     if scope.cancelled_caught:
         what = (
@@ -127,6 +128,8 @@ async def _handshake(handle: RunnerHandle, transport: Transport, options: Runner
         f"{what}{exit_note}; runner: {handle.description}; {advice}",
         stderr_tail=handle.stderr_tail(),
         returncode=code,
+        # It answered, and refused or failed its set-up: the same options fail again.
+        retryable=not isinstance(failure, RemoteProtocolError),
     ) from failure
 
 
@@ -176,6 +179,20 @@ async def _supervise(
             runner._finished.set()
 
 
+def check_launcher(launcher: object) -> None:
+    """A TypeError, before anything starts, for a ``launcher=`` that is not one."""
+    if launcher is None or isinstance(launcher, Launcher):
+        return
+    if isinstance(launcher, type) and issubclass(launcher, Launcher):
+        raise TypeError(
+            f"launcher must be a Launcher instance, not the class {launcher.__name__}: "
+            f"write launcher={launcher.__name__}()"
+        )
+    raise TypeError(
+        f"launcher must be an execpy_trio.Launcher (such as LocalLauncher()), not {launcher!r}"
+    )
+
+
 async def _start_in(nursery: trio.Nursery, launcher: Launcher, options: RunnerOptions) -> Runner:
     try:
         runner: Runner = await nursery.start(_supervise, launcher, options)
@@ -199,6 +216,7 @@ async def start_runner(
     half-started runner.
     """
     opts = resolve_options(options, overrides)
+    check_launcher(launcher)
     return await _start_in(nursery, launcher or LocalLauncher(), opts)
 
 
@@ -238,6 +256,7 @@ async def open_runner(
     killed without the polite shutdown: the block is left within about ``cancel_grace``.
     """
     opts = resolve_options(options, overrides)
+    check_launcher(launcher)
     async with _runner_scope(launcher or LocalLauncher(), opts) as runner:
         yield runner
 

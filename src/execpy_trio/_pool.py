@@ -49,6 +49,8 @@ __all__ = ["Entry", "Pool", "PoolFull", "PoolOptions"]
 
 #: The longest pause between start attempts after failures.
 MAX_BACKOFF: Final = 5.0
+#: A sanity bound on the runners of one pool (each is a process).
+MAX_RUNNERS: Final = 1024
 #: Waiters gone before their turn that may stay queued before the queues are swept.
 COMPACT_MIN: Final = 64
 
@@ -107,6 +109,8 @@ class PoolOptions:
     - ``start_attempts``: starts that fail in a row before the manager gives up with
       :class:`RunnerStartError`; ``start_backoff``: the pause after the first failure,
       doubled after each further one (at most 5 s).
+
+    ``heartbeat_interval=math.inf`` turns the heartbeat off.
     """
 
     size: int = attrs.field(default=4, validator=_at_least(1))
@@ -119,9 +123,26 @@ class PoolOptions:
     start_attempts: int = attrs.field(default=3, validator=_at_least(1))
     start_backoff: float = attrs.field(default=0.1, validator=_seconds)
 
+    def __attrs_post_init__(self) -> None:
+        if self.size + self.fresh_spares > MAX_RUNNERS:
+            raise ValueError(
+                f"size + fresh_spares is {self.size + self.fresh_spares}: a pool of more than "
+                f"{MAX_RUNNERS} runners (processes) is surely a mistake"
+            )
+
     @property
     def target(self) -> int:
         return self.size + self.fresh_spares
+
+    def replace(self, **changes: Any) -> PoolOptions:
+        """A copy with ``changes`` applied (and validated)."""
+        unknown = set(changes) - POOL_OPTION_NAMES
+        if unknown:
+            raise TypeError(
+                f"unknown pool option(s) {sorted(unknown)}; the options are "
+                f"{sorted(POOL_OPTION_NAMES)}"
+            )
+        return attrs.evolve(self, **changes) if changes else self
 
 
 #: The names of :class:`PoolOptions`, to tell them from runner options in keywords.
@@ -274,6 +295,9 @@ class Pool:
         self.counts["start_failures"] += 1
         self._last_failure = error
         self._last_start_failed = True
+        if not error.retryable:
+            self.broken = True  # the same options would fail the same way: no retries
+            return
         if epoch != self.epoch:
             return  # began before the last counted failure: the same bout
         self.epoch += 1
@@ -286,12 +310,18 @@ class Pool:
         error = self._last_failure
         assert error is not None
         attempts = self.options.start_attempts
+        if error.retryable:
+            why = (
+                f"after {attempts} failed start{'s' if attempts != 1 else ''} in a row; "
+                f"the last: {error}"
+            )
+        else:
+            why = f"at once, since trying again cannot help: {error}"
         broken = RunnerStartError(
-            f"the manager gave up starting runners after {attempts} failed start"
-            f"{'s' if attempts != 1 else ''} in a row; the last: {error}; fix the cause and "
-            "open a new manager",
+            f"the manager gave up starting runners {why}; fix the cause and open a new manager",
             stderr_tail=(),
             returncode=error.returncode,
+            retryable=error.retryable,
         )
         broken.stderr_tail = error.stderr_tail
         broken.__cause__ = error
@@ -428,23 +458,23 @@ class Pool:
 
     def _refusal(self, fresh: bool) -> PoolFull:
         limit = self.options.max_waiting
-        callers = f"{limit} caller{'s' if limit != 1 else ''}"
+        callers = f"{limit} caller{' already waits' if limit == 1 else 's already wait'}"
         if fresh:
             self._fresh_refused += 1  # so that the next rebalance starts a fresh runner
             return PoolFull(
-                f"no fresh (never used) runner is ready and {callers} already wait for one "
+                f"no fresh (never used) runner is ready and {callers} for one "
                 f"(max_waiting={limit}); one is being started: retry in a moment, or raise "
                 "fresh_spares or max_waiting"
             )
         return PoolFull(
-            f"no runner is free and {callers} already wait for one (max_waiting={limit}); "
+            f"no runner is free and {callers} for one (max_waiting={limit}); "
             "retry later, or raise size or max_waiting"
         )
 
-    async def acquire(self, fresh: bool, before_wait: Callable[[], None]) -> Entry:
-        """Lease a runner (FIFO). ``before_wait`` is called when the caller has to wait
-        or is refused, once it is queued. Cancellable while waiting: then nothing was
-        leased."""
+    async def acquire(self, fresh: bool, before_wait: Callable[[bool], None]) -> Entry:
+        """Lease a runner (FIFO). ``before_wait(will_wait)`` is called when the caller
+        has to wait (True; it may refuse to, by raising) or was refused (False), once it
+        is queued. Cancellable while waiting: then nothing was leased."""
         await trio.lowlevel.checkpoint_if_cancelled()
         self.check_usable()
         if self.busy < self.options.size:
@@ -469,9 +499,13 @@ class Pool:
             limit = self.options.max_waiting
             if limit is not None and self.waiting > limit:
                 self._settle(waiter, error=self._refusal(fresh))
-                before_wait()
+                before_wait(False)
             else:
-                before_wait()
+                try:
+                    before_wait(True)
+                except BaseException:
+                    self._settle(waiter)
+                    raise
                 try:
                     await waiter.event.wait()
                 except BaseException:

@@ -79,6 +79,25 @@ class RunnerStatistics:
     transport: TransportStatistics
 
 
+def _check_arguments(
+    kind: str, text: object, stdin: object, variables: object, filename: object
+) -> None:
+    """A TypeError that names the argument of an exec or eval that has the wrong type."""
+    what = "expr" if kind == "eval" else "code"
+    for name, value, wanted in (
+        (what, text, "a str"),
+        ("stdin", stdin, "a str or None"),
+        ("filename", filename, "a str or None"),
+    ):
+        if not (isinstance(value, str) or (value is None and name != what)):
+            raise TypeError(f"{kind}: {name} must be {wanted}, not {type(value).__name__}")
+    if not isinstance(variables, Mapping):
+        raise TypeError(
+            f"{kind}: variables must be a mapping of names to plain data (a dict) or None, "
+            f"not {type(variables).__name__}"
+        )
+
+
 class Runner:
     """A connection to one runner (a process, or any peer speaking the protocol).
 
@@ -315,6 +334,12 @@ class Runner:
         schedule point when the runner is free: the caller's wait for the answer is one.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
+        if type(text) is not str or not (
+            (stdin is None or type(stdin) is str)
+            and (variables is None or isinstance(variables, Mapping))
+            and (filename is None or type(filename) is str)
+        ):
+            _check_arguments(kind, text, stdin, variables, filename)
         lock = self._op_lock
         try:
             lock.acquire_nowait()  # fails also when others wait: they go first (FIFO)

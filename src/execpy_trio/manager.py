@@ -35,9 +35,10 @@ from typing import TYPE_CHECKING, Any, Final
 
 import attrs
 import trio
+import trio.lowlevel
 
 from ._errors import ExecpyError, RunnerStartError, raise_unwrapped
-from ._open import start_runner
+from ._open import check_launcher, start_runner
 from ._options import RunnerOptions, resolve_options
 from ._pool import CHECKING, POOL_OPTION_NAMES, Entry, Pool, PoolFull, PoolOptions
 from .launch import Launcher, LocalLauncher
@@ -130,6 +131,8 @@ class Manager:
         self._pool = Pool(pool)
         self._start_scopes: set[trio.CancelScope] = set()
         self._progress: trio.Event | None = None  # for _fill, while it waits
+        self._holders: dict[Entry, trio.lowlevel.Task] = {}  # leases, by holding task
+        self._waiting_tasks: set[trio.lowlevel.Task] = set()
 
     def __repr__(self) -> str:
         s = self.statistics()
@@ -236,14 +239,44 @@ class Manager:
     # -- keeping the pool -----------------------------------------------------------------
 
     async def _acquire(self, fresh: bool) -> Entry:
+        if fresh is not True and fresh is not False:
+            raise TypeError(f"fresh must be True or False, not {fresh!r}")
+        task = trio.lowlevel.current_task()
         try:
-            entry = await self._pool.acquire(fresh, self._changed)
+            entry = await self._pool.acquire(fresh, self._before_wait)
         except BaseException:
             self._changed()  # a runner given back (cancelled at the hand-over) may go
             raise
+        finally:
+            self._waiting_tasks.discard(task)
+        self._holders[entry] = task
         if entry.discard:
             self._changed()  # leased fresh: its replacement starts now
         return entry
+
+    def _before_wait(self, will_wait: bool) -> None:
+        """The calling task is about to wait for a runner (or was refused one): refuse a
+        wait that can never end (every lease is held by a task that itself waits for a
+        runner, this one included), then make room."""
+        if not will_wait:
+            self._changed()
+            return
+        task = trio.lowlevel.current_task()
+        holders = self._holders.values()
+        if (
+            task in holders
+            and self._pool.busy >= self.pool_options.size
+            and all(t is task or t in self._waiting_tasks for t in holders)
+        ):
+            size = self.pool_options.size
+            raise RuntimeError(
+                f"this task already holds a runner of the pool and asks for another, while "
+                f"all {size} (size={size}) are leased to tasks that wait for one: the wait "
+                "would never end. Run the op on the runner you hold, return it first, or "
+                "raise size"
+            )
+        self._waiting_tasks.add(task)
+        self._changed()
 
     def _changed(self) -> None:
         """Act on what the pool is short of, after any change."""
@@ -260,6 +293,7 @@ class Manager:
             self._progress = None
 
     def _release(self, entry: Entry) -> None:
+        self._holders.pop(entry, None)
         runner = entry.runner
         pool = self._pool
         recycle = False
@@ -410,9 +444,21 @@ def _split(
 ) -> tuple[RunnerOptions, PoolOptions]:
     if pool is not None and not isinstance(pool, PoolOptions):
         raise TypeError(f"pool must be a PoolOptions, not {type(pool).__name__}")
+    runner_names = {a.name for a in attrs.fields(RunnerOptions)}
+    unknown = sorted(set(keywords) - POOL_OPTION_NAMES - runner_names)
+    if unknown:
+        hint = (
+            "; fresh= is an argument of exec, eval, exec_stream and runner(), not of the pool"
+            if "fresh" in unknown
+            else ""
+        )
+        raise TypeError(
+            f"open_manager() got unknown option(s) {unknown}{hint}; the pool options are "
+            f"{sorted(POOL_OPTION_NAMES)}, the runner options {sorted(runner_names)}"
+        )
     pool_changes = {k: v for k, v in keywords.items() if k in POOL_OPTION_NAMES}
     runner_changes = {k: v for k, v in keywords.items() if k not in POOL_OPTION_NAMES}
-    pool_opts = attrs.evolve(pool or PoolOptions(), **pool_changes)
+    pool_opts = (pool or PoolOptions()).replace(**pool_changes)
     return resolve_options(options, runner_changes), pool_opts
 
 
@@ -444,6 +490,7 @@ async def open_manager(
     polite shutdown. Nothing is left behind.
     """
     runner_options, pool_options = _split(options, pool, dict(keywords))
+    check_launcher(launcher)
     try:
         async with trio.open_nursery() as nursery:
             manager = Manager(nursery, runner_options, pool_options, launcher or LocalLauncher())

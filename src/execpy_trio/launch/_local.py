@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import codecs
 import contextlib
+import errno
 import os
 import shutil
 import signal
@@ -53,6 +54,7 @@ TERMINATE_WAIT: Final = 1.0
 #: a kernel that is slow to tear it down).
 REAP_WAIT: Final = 5.0
 _PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
+_TRANSIENT_ERRNOS: Final = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
 def runner_command(options: RunnerOptions, fd: int | None) -> list[str]:
@@ -302,7 +304,8 @@ def _sandboxed(options: RunnerOptions, argv: list[str], cleanup: list[str]) -> l
         raise RunnerStartError(
             f"the sandbox needs bubblewrap, and {sandbox.bwrap!r} was not found on PATH; "
             "install it (Debian/Ubuntu: apt-get install bubblewrap; Fedora: dnf install "
-            "bubblewrap) or give Sandbox(bwrap='/path/to/bwrap')"
+            "bubblewrap) or give Sandbox(bwrap='/path/to/bwrap')",
+            retryable=False,
         )
     workdir = sandbox.workdir
     if workdir is None:
@@ -311,7 +314,9 @@ def _sandboxed(options: RunnerOptions, argv: list[str], cleanup: list[str]) -> l
         workdir = tempfile.mkdtemp(prefix="execpy-sandbox-")
         cleanup.append(workdir)
     elif not os.path.isdir(workdir):
-        raise RunnerStartError(f"the sandbox's workdir {workdir!r} is not a directory")
+        raise RunnerStartError(
+            f"the sandbox's workdir {workdir!r} is not a directory", retryable=False
+        )
     return sandbox_argv(sandbox, bwrap, argv, workdir, dict(options.env or {}))
 
 
@@ -352,7 +357,9 @@ async def _spawn(
     except OSError as exc:
         raise RunnerStartError(
             f"could not start the runner command {argv!r}: {exc}; check that the command "
-            "exists and is executable (and that cwd, if given, is a directory)"
+            "exists and is executable (and that cwd, if given, is a directory)",
+            # Out of processes, memory or descriptors may pass; a missing program does not.
+            retryable=exc.errno in _TRANSIENT_ERRNOS,
         ) from exc
 
 
