@@ -23,6 +23,25 @@ TESTS = [
 ]
 
 
+async def run_tests(
+    runner: ex.Runner, submission: str, tests: list[tuple[str, str]]
+) -> dict[str, str]:
+    """Load ``submission`` in ``runner``, then run each test: a report of name -> outcome."""
+    report = {}
+    r = await runner.exec(submission, filename="submission.py")
+    report["load"] = "ok" if r.ok else f"{r.error.type}: {r.error.message}"  # type: ignore[union-attr]
+    for name, check in tests:
+        with trio.move_on_after(2) as scope:  # wall clock per test (sleep uses no CPU)
+            r = await runner.exec(check, filename=f"{name}.py")
+        if scope.cancelled_caught:
+            report[name] = "timeout"
+        elif r.ok:
+            report[name] = "pass"
+        else:
+            report[name] = f"{r.error.type}: {r.error.message[:60]}"  # type: ignore[union-attr]
+    return report
+
+
 async def grade(submission: str, tests: list[tuple[str, str]], workdir: str) -> dict[str, str]:
     sandbox = ex.Sandbox(workdir=workdir) if shutil.which("bwrap") else None
     async with ex.open_runner(
@@ -32,19 +51,7 @@ async def grade(submission: str, tests: list[tuple[str, str]], workdir: str) -> 
         inherit_env=False,  # nothing of the grader's environment
         preload=("json",),
     ) as runner:
-        report = {}
-        r = await runner.exec(submission, filename="submission.py")
-        report["load"] = "ok" if r.ok else f"{r.error.type}: {r.error.message}"  # type: ignore[union-attr]
-        for name, check in tests:
-            with trio.move_on_after(2) as scope:  # wall clock per test (sleep uses no CPU)
-                r = await runner.exec(check, filename=f"{name}.py")
-            if scope.cancelled_caught:
-                report[name] = "timeout"
-            elif r.ok:
-                report[name] = "pass"
-            else:
-                report[name] = f"{r.error.type}: {r.error.message[:60]}"  # type: ignore[union-attr]
-        return report
+        return await run_tests(runner, submission, tests)
 
 
 async def main() -> None:

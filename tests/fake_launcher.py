@@ -24,6 +24,7 @@ import trio.testing
 import execpy_trio as ex
 import execpy_trio.protocol as P
 from execpy_trio.launch import StreamHandle
+from fake_runner import FakeRunner
 
 #: How a launch goes: "ok", "fail" (the launcher raises RunnerStartError), "oserror" (it
 #: raises OSError, as a third-party launcher might), "refuse" (a RunnerStartError that
@@ -33,13 +34,12 @@ from execpy_trio.launch import StreamHandle
 Plan = str
 
 
-class FakeRunnerProcess:
-    """The runner side of one fake runner."""
+class FakeRunnerProcess(FakeRunner):
+    """The runner side of one fake runner of a pool (answers ops concurrently)."""
 
     def __init__(self, number: int, stream: trio.abc.Stream) -> None:
+        super().__init__(stream)
         self.number = number
-        self.stream = stream
-        self.conn = P.Connection("runner")
         self.codes: list[str] = []  # every op's code, in order
         self.frozen = False
         self.pings = 0
@@ -48,23 +48,12 @@ class FakeRunnerProcess:
         self._cancel: dict[int, trio.Event] = {}
 
     async def send(self, msg: P.Message) -> None:
-        async with self._send_lock:
-            await self.stream.send_all(self.conn.send(msg))
+        async with self._send_lock:  # ops and pongs are answered from tasks of their own
+            await super().send(msg)
 
     async def _next(self) -> P.Message | None:
-        while True:
-            event = self.conn.next_event()
-            if event is P.NEED_DATA:
-                try:
-                    data = await self.stream.receive_some(65536)
-                except (trio.BrokenResourceError, trio.ClosedResourceError):
-                    data = b""
-                self.conn.receive_data(data)
-                continue
-            if isinstance(event, P.ConnectionClosed):
-                return None
-            assert isinstance(event, P.Message)
-            return event
+        msg = await self.receive()
+        return None if isinstance(msg, P.ConnectionClosed) else msg
 
     async def serve(self, plan: Plan) -> None:
         if plan == "silent":

@@ -26,6 +26,12 @@ def adds_up(s: ex.ManagerStatistics) -> bool:
     return s.spawned == s.idle + s.busy + s.crashed + s.killed + s.recycled + s.discarded
 
 
+async def hold(m: ex.Manager, release: trio.Event) -> None:
+    """Lease a runner until ``release`` is set."""
+    async with m.runner():
+        await release.wait()
+
+
 async def settle() -> None:
     """Let the pool's background work (starts, closes, watchers) run to quiet."""
     await trio.testing.wait_all_tasks_blocked()
@@ -51,13 +57,8 @@ async def test_callers_are_served_in_fifo_order(autojump_clock: trio.abc.Clock) 
     launcher = FakeLauncher()
     async with manager(launcher, size=1) as m:
         lease_done = trio.Event()
-
-        async def hold() -> None:
-            async with m.runner():
-                await lease_done.wait()
-
         async with trio.open_nursery() as nursery:
-            nursery.start_soon(hold)
+            nursery.start_soon(hold, m, lease_done)
             await trio.testing.wait_all_tasks_blocked()
             for i in range(6):
 
@@ -82,12 +83,7 @@ async def test_a_caller_cancelled_while_waiting_runs_nothing(
         results: list[Any] = []
         async with trio.open_nursery() as nursery:
             release = trio.Event()
-
-            async def hold() -> None:
-                async with m.runner():
-                    await release.wait()
-
-            nursery.start_soon(hold)
+            nursery.start_soon(hold, m, release)
             await trio.testing.wait_all_tasks_blocked()
             with trio.move_on_after(1) as scope:
                 await m.exec("never")
@@ -110,12 +106,7 @@ async def test_the_waiting_bound_refuses_at_once(autojump_clock: trio.abc.Clock)
     async with manager(FakeLauncher(), size=1, max_waiting=2) as m:
         async with trio.open_nursery() as nursery:
             release = trio.Event()
-
-            async def hold() -> None:
-                async with m.runner():
-                    await release.wait()
-
-            nursery.start_soon(hold)
+            nursery.start_soon(hold, m, release)
             await trio.testing.wait_all_tasks_blocked()
             nursery.start_soon(m.exec, "a")
             nursery.start_soon(m.exec, "b")
@@ -596,7 +587,7 @@ async def test_after_a_failure_runners_start_one_at_a_time(
     with pytest.raises(ex.RunnerStartError):
         async with manager(launcher, size=4, fresh_spares=0, start_attempts=3):
             pass
-    # 4 at once (1 fails), then one at a time: 2 more failures end it.
+    # 4 at once (3 fail: one bout, counted once), then one at a time: 2 more end it.
     assert launcher.launches == 6
 
 
@@ -688,13 +679,9 @@ async def test_each_caller_gets_its_own_error(autojump_clock: trio.abc.Clock) ->
         except trio.ClosedResourceError as exc:
             errors.append(exc)
 
-    async def hold(m: ex.Manager) -> None:
-        async with m.runner():
-            await trio.sleep_forever()
-
     async with trio.open_nursery() as nursery:
         async with manager(FakeLauncher(), size=1) as m:
-            nursery.start_soon(hold, m)
+            nursery.start_soon(hold, m, trio.Event())  # never set: cancelled below
             await trio.testing.wait_all_tasks_blocked()
             for _ in range(3):
                 nursery.start_soon(call, m)

@@ -289,3 +289,26 @@ async def test_a_pause_of_this_process_does_not_kill_healthy_idle_runners() -> N
             await trio.sleep(0.5)
             s = m.statistics()
             assert (s.killed, s.spawned) == (0, 3)
+
+
+async def test_the_pool_autograder_example_grades_as_documented() -> None:
+    import ast
+    from pathlib import Path
+
+    example = Path(__file__).parents[2] / "examples" / "pool_autograder.py"
+    with trio.fail_after(BOUND):
+        p = await trio.run_process(
+            [sys.executable, str(example)], capture_stdout=True, capture_stderr=True, check=False
+        )
+    assert p.returncode == 0, p.stderr.decode()
+    lines = p.stdout.decode().splitlines()
+    reports = {
+        name: ast.literal_eval(rest) for name, rest in (line.split(None, 1) for line in lines[:-1])
+    }
+    assert reports["alice"] == {"load": "ok", "small": "pass", "negative": "pass"}
+    assert reports["bob"]["small"].startswith("AssertionError")
+    assert reports["carol"]["small"].startswith("CPULimitExceeded")
+    assert reports["dave"] == {"died": "RunnerDied: it closed the connection (exit status 1)"}
+    assert reports["erin"]["small"] == "timeout"
+    assert reports["grace"]["small"].startswith("FileNotFoundError")  # nothing of frank's
+    assert lines[-1].startswith("runners started: 13, crashed: 1")
