@@ -30,7 +30,7 @@ from fake_runner import FakeRunner
 #: raises OSError, as a third-party launcher might), "refuse" (a RunnerStartError that
 #: says retrying cannot help), "silent" (no welcome: the handshake
 #: times out), "die-after-welcome" (ends right after its welcome), "die-after:S" (ends S
-#: seconds after its welcome, idle).
+#: seconds after its welcome, idle), "wedge" (answers nothing after its welcome).
 Plan = str
 
 
@@ -65,6 +65,8 @@ class FakeRunnerProcess(FakeRunner):
         )
         if plan == "die-after-welcome":
             return
+        if plan == "wedge":
+            self.frozen = True  # welcomed, then answers nothing
         if plan.startswith("die-after:"):
             with trio.move_on_after(float(plan.split(":", 1)[1])):
                 await self._serve()

@@ -729,3 +729,76 @@ async def test_a_start_that_cannot_pass_is_not_retried(autojump_clock: trio.abc.
         async with manager(launcher, size=1, fresh_spares=0, start_attempts=5):
             pass
     assert launcher.launches == 1
+
+
+# -- the second review's findings -------------------------------------------------------
+
+
+async def test_an_old_runner_serving_on_does_not_hide_failing_starts(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "ok" if n < 2 else "fail")
+    async with manager(launcher, size=2, start_attempts=3) as m:
+        await m.eval("fresh", fresh=True)  # its replacements fail from here on
+        for _ in range(100):
+            await m.eval("served by the old runner")  # it lives, but proves nothing
+            await trio.sleep(0.1)
+        s = m.statistics()
+        assert s.broken and launcher.launches == 5
+
+
+async def test_runners_that_wedge_as_they_start_break_the_pool(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    launcher = FakeLauncher(lambda n: "ok" if n == 0 else "wedge")
+    async with manager(
+        launcher, size=1, start_attempts=3, heartbeat_interval=0.5, heartbeat_timeout=0.2
+    ) as m:
+        await m.eval("fresh", fresh=True)  # its replacements welcome, then wedge
+        await trio.sleep(60)
+        s = m.statistics()
+        assert s.broken and s.start_failures == 3 and launcher.launches == 4
+
+
+async def test_a_spare_alive_and_well_for_a_while_ends_the_streak(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    # Rare failures far apart, with spares that answer their heartbeats: never broken.
+    failing = {2, 4, 6}
+    launcher = FakeLauncher(lambda n: "fail" if n in failing else "ok")
+    async with manager(launcher, size=1, fresh_spares=1, start_attempts=2) as m:
+        for _ in range(3):
+            await m.eval("fresh", fresh=True)  # a replacement fails, the next one works
+            await trio.sleep(30)  # ... and answers heartbeats for a while
+        s = m.statistics()
+        assert s.start_failures == 3 and not s.broken
+
+
+async def test_no_false_deadlock_while_a_runner_is_being_handed_over(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=2) as m:
+        async with trio.open_nursery() as nursery:
+            async with m.runner():
+                second = m.runner()
+                await second.__aenter__()
+
+                async def other() -> None:
+                    await m.exec("sleep:1")  # waits, gets the second runner, returns it
+
+                nursery.start_soon(other)
+                await trio.testing.wait_all_tasks_blocked()
+                await second.__aexit__(None, None, None)  # handed to other(): on its way
+                await m.eval("mine")  # other() will return it: a wait, not a deadlock
+
+
+async def test_a_fresh_refusal_says_all_runners_are_in_use_when_they_are(
+    autojump_clock: trio.abc.Clock,
+) -> None:
+    async with manager(FakeLauncher(), size=1, fresh_spares=1, max_waiting=0) as m:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(m.exec, "sleep:5")
+            await trio.testing.wait_all_tasks_blocked()
+            with pytest.raises(ex.PoolFull, match="no runner is free"):
+                await m.exec("x", fresh=True)
+        assert m.statistics().starting == 0

@@ -20,11 +20,14 @@ is **used** and is never handed out as fresh again. An exclusive hand-out is a *
   callers wait for fresh ones and the inventory has no room to start them.
 * A retiring runner (too many ops, too much memory) keeps serving, last in line, until its
   replacement has arrived; then it is closed between ops.
-* Start failures in a row are counted: a runner that dies before it was ever leased
-  counts too, and failures of starts that ran at the same time count once. After a
-  failure, runners start one at a time with backoff; a runner that serves an op and
-  lives ends the streak. After ``start_attempts`` the pool is *broken*: nothing more is
-  started and callers that nothing can serve any more get a :class:`RunnerStartError`.
+* Start failures in a row are counted: a runner that dies (or is killed by the
+  heartbeat) before it was ever leased counts too, and failures of starts that ran at
+  the same time count once. After a failure, runners start one at a time with backoff.
+  Only a runner started since the last failure ends the streak, by serving an op and
+  living, or by answering a heartbeat ``STREAK_SETTLE`` seconds after it started: an
+  old runner that keeps serving proves nothing about starting. After ``start_attempts``
+  the pool is *broken*: nothing more is started and callers that nothing can serve any
+  more get a :class:`RunnerStartError`.
 * A runner found dead while idle is never handed out: it waits ("dying") for its
   watcher, outside the inventory, so its replacement starts at once.
 * Removals that need the runner closed are queued in :attr:`Pool.to_close`.
@@ -49,6 +52,9 @@ __all__ = ["Entry", "Pool", "PoolFull", "PoolOptions"]
 
 #: The longest pause between start attempts after failures.
 MAX_BACKOFF: Final = 5.0
+#: A runner started since the last failure that answers a heartbeat after this long ends
+#: the failure streak, as one that served an op does.
+STREAK_SETTLE: Final = 10.0
 #: A sanity bound on the runners of one pool (each is a process).
 MAX_RUNNERS: Final = 1024
 #: Waiters gone before their turn that may stay queued before the queues are swept.
@@ -459,7 +465,7 @@ class Pool:
     def _refusal(self, fresh: bool) -> PoolFull:
         limit = self.options.max_waiting
         callers = f"{limit} caller{' already waits' if limit == 1 else 's already wait'}"
-        if fresh:
+        if fresh and self.busy < self.options.size:
             self._fresh_refused += 1  # so that the next rebalance starts a fresh runner
             return PoolFull(
                 f"no fresh (never used) runner is ready and {callers} for one "
@@ -542,7 +548,8 @@ class Pool:
         if not runner.is_alive:
             self._remove(entry, _bucket(runner))
             return
-        self.streak = 0  # it served and lives: starting works
+        if entry.epoch == self.epoch:
+            self.streak = 0  # started since the last failure, served and lives: starts work
         if entry.discard:
             self._remove(entry, "discarded")
             return
@@ -563,8 +570,9 @@ class Pool:
             return None
         runner = entry.runner
         bucket = _bucket(runner)
-        if bucket == "crashed" and entry.fresh:
-            # It died before it was ever leased: as good as a failed start.
+        killed_by_heartbeat = bucket == "killed" and entry.state == CHECKING
+        if entry.fresh and (bucket == "crashed" or killed_by_heartbeat):
+            # It died, or wedged, before it was ever leased: as good as a failed start.
             died = runner.lost_error()
             why = died.reason if isinstance(died, RunnerDied) else str(died)
             self.start_failed(
@@ -633,6 +641,10 @@ class Pool:
         if entry.state == CHECKING:
             self._checking -= 1
             self._make_idle(entry, now)
+            if entry.epoch == self.epoch and now - entry.joined >= STREAK_SETTLE:
+                # Started since the last failure and alive and well for a while: the
+                # streak ends even if no op has come its way (spares may wait long).
+                self.streak = 0
 
     # -- closing --------------------------------------------------------------------------
 

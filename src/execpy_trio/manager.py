@@ -266,6 +266,7 @@ class Manager:
         if (
             task in holders
             and self._pool.busy >= self.pool_options.size
+            and len(self._holders) >= self._pool.busy  # no lease on its way to a task
             and all(t is task or t in self._waiting_tasks for t in holders)
         ):
             size = self.pool_options.size
