@@ -1,0 +1,206 @@
+"""The fork server's template process: ``python -m execpy_trio.runner._forkserver
+--control-fd N [--preload MODULE ...]``.
+
+It imports the runner's modules and the ``preload`` modules once, then forks a ready
+runner for each request on its control channel (a ``SOCK_SEQPACKET`` Unix socket to the
+client; one msgpack map per packet, descriptors passed with ``SCM_RIGHTS``). The child
+becomes an ordinary runner on the channel descriptor it was given: its own session and
+process group (the runner sets it up), stderr to the pipe it was given, stdin and stdout
+``/dev/null``, every other descriptor closed, the environment and working directory of
+the request. The template stays single-threaded (forking a process with threads is
+unsafe): a preload that starts a thread is refused.
+
+The template is every child's parent: it reaps them and reports each exit status. A
+child watches its parent (the runner does so anyway), so a template that dies takes its
+children with it; a template whose client goes away (EOF on the control channel) exits.
+
+The control messages are a private detail of this implementation (client and template
+come from the same installed package, on the same host); see docs/design.md.
+
+Client -> template: ``{"kind": "fork", "id": N, "env": {...} | None, "inherit_env": bool,
+"cwd": str | None}`` with two descriptors (the child's channel, its stderr).
+Template -> client: ``{"kind": "ready", "pid": P}`` once; ``{"kind": "refused", "message":
+...}`` instead, then it exits; ``{"kind": "forked", "id": N, "pid": P}`` or ``{"kind":
+"fork-failed", "id": N, "message": ...}``; ``{"kind": "exited", "pid": P, "returncode":
+R}`` (negative: the signal).
+"""
+
+from __future__ import annotations
+
+import os
+import select
+import signal
+import socket
+import sys
+from typing import Any
+
+import msgpack
+
+#: Exit statuses of the template.
+EXIT_OK = 0
+EXIT_USAGE = 2
+EXIT_REFUSED = 8
+#: The largest control message.
+MAX_MESSAGE = 1 << 20
+
+
+def _send(sock: socket.socket, msg: dict[str, Any]) -> None:
+    sock.send(msgpack.packb(msg))
+
+
+def _threads() -> int:
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        import threading
+
+        return threading.active_count()
+
+
+def _child(sock: socket.socket, wake: tuple[int, int], msg: dict[str, Any], fds: list[int]) -> None:
+    """In the forked child: become a runner on the channel descriptor. Never returns."""
+    code = 70
+    try:
+        signal.set_wakeup_fd(-1)
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        channel, stderr = fds
+        sock.close()
+        for fd in wake:
+            os.close(fd)
+        os.dup2(stderr, 2)
+        null = os.open(os.devnull, os.O_RDWR)
+        os.dup2(null, 0)
+        os.dup2(null, 1)
+        keep = {0, 1, 2, channel}
+        for fd in (null, stderr):
+            if fd not in keep:
+                os.close(fd)
+        os.closerange(channel + 1, 65536)
+        os.closerange(3, channel)
+        env = msg.get("env")
+        if not msg.get("inherit_env", True):
+            os.environ.clear()
+        if env:
+            os.environ.update(env)
+        cwd = msg.get("cwd")
+        if cwd:
+            os.chdir(cwd)
+        from ._main import main
+
+        sys.argv = ["execpy_trio.runner", "--fd", str(channel)]
+        code = main(["--fd", str(channel)])
+    except BaseException as exc:
+        try:
+            os.write(2, f"execpy-forkserver child: {type(exc).__name__}: {exc}\n".encode())
+        except OSError:
+            pass
+    finally:
+        os._exit(code)
+
+
+def serve(control_fd: int, preload: list[str]) -> int:
+    sock = socket.socket(fileno=control_fd)
+    # The runner's own modules, so that a child imports nothing of ours.
+    from . import _capture, _channel, _children, _execute, _hooks, _input, _io, _limits, _main
+
+    del _capture, _channel, _children, _execute, _hooks, _input, _io, _limits, _main
+    import importlib
+
+    for name in preload:
+        try:
+            importlib.import_module(name)
+        except BaseException as exc:
+            _send(sock, {"kind": "refused", "message": f"importing {name!r} failed: {exc!r}"})
+            return EXIT_REFUSED
+    if _threads() > 1:
+        _send(
+            sock,
+            {
+                "kind": "refused",
+                "message": (
+                    f"the preload modules {preload} started a thread; forking a process "
+                    "with threads is unsafe, so this fork server cannot use them (preload "
+                    "them in each runner instead: spawn, not fork)"
+                ),
+            },
+        )
+        return EXIT_REFUSED
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_w, False)
+    os.set_blocking(wake_r, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda signum, frame: None)
+    _send(sock, {"kind": "ready", "pid": os.getpid()})
+    while True:
+        readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
+        if wake_r in readable:
+            try:
+                os.read(wake_r, 4096)
+            except BlockingIOError:
+                pass
+            while True:
+                try:
+                    pid, status = os.waitpid(-1, os.WNOHANG)
+                except ChildProcessError:
+                    break
+                if pid == 0:
+                    break
+                _send(
+                    sock,
+                    {"kind": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)},
+                )
+        if sock.fileno() in readable:
+            try:
+                data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 4)
+            except OSError:
+                return EXIT_OK
+            if not data:
+                return EXIT_OK  # the client went away
+            msg = msgpack.unpackb(data)
+            if msg.get("kind") != "fork" or len(fds) != 2:
+                for fd in fds:
+                    os.close(fd)
+                _send(
+                    sock,
+                    {
+                        "kind": "fork-failed",
+                        "id": msg.get("id"),
+                        "message": f"not a fork request with two descriptors: {msg!r:.200}",
+                    },
+                )
+                continue
+            try:
+                pid = os.fork()
+            except OSError as exc:
+                for fd in fds:
+                    os.close(fd)
+                _send(sock, {"kind": "fork-failed", "id": msg["id"], "message": str(exc)})
+                continue
+            if pid == 0:
+                _child(sock, (wake_r, wake_w), msg, fds)
+            for fd in fds:
+                os.close(fd)
+            _send(sock, {"kind": "forked", "id": msg["id"], "pid": pid})
+
+
+def main(argv: list[str]) -> int:
+    control: int | None = None
+    preload: list[str] = []
+    args = list(argv)
+    while args:
+        arg = args.pop(0)
+        if arg == "--control-fd" and args:
+            control = int(args.pop(0))
+        elif arg == "--preload" and args:
+            preload.append(args.pop(0))
+        else:
+            sys.stderr.write(f"execpy-forkserver: unknown argument {arg!r}\n")
+            return EXIT_USAGE
+    if control is None:
+        sys.stderr.write("execpy-forkserver: --control-fd N is required\n")
+        return EXIT_USAGE
+    return serve(control, preload)
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
