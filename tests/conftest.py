@@ -45,6 +45,31 @@ def _child_pids() -> set[int]:
     return pids
 
 
+def _children_of(pid: int) -> set[int]:
+    try:
+        with open(f"/proc/{pid}/task/{pid}/children") as f:
+            return {int(p) for p in f.read().split()}
+    except OSError:
+        return set()
+
+
+def _fork_server_templates() -> tuple[set[int], set[int]]:
+    """The shared fork-server launcher's templates (if it was ever made) and their fds."""
+    from execpy_trio.launch import _forkserver
+
+    launcher = _forkserver._shared
+    pids: set[int] = set()
+    fds: set[int] = set()
+    if launcher is not None:
+        for server in list(launcher.servers.values()):
+            if server.template_pid is not None:
+                pids.add(server.template_pid)
+            sock = server._sock
+            if sock is not None:
+                fds.add(sock.fileno())
+    return pids, fds
+
+
 def _zombie_or_gone(pid: int) -> bool:
     try:
         with open(f"/proc/{pid}/stat") as f:
@@ -67,8 +92,14 @@ def no_leaks(request: pytest.FixtureRequest) -> Iterator[None]:
         return
     deadline = time.monotonic() + 5
     while True:
+        templates, template_fds = _fork_server_templates()
         new_kids = {p for p in _child_pids() - kids_before if not _zombie_or_gone(p)}
-        new_fds = _open_fds() - fds_before
+        # The shared fork server's template lives for the whole process, on purpose; the
+        # runners it forked must be gone like any other.
+        new_kids -= templates
+        for template in templates:
+            new_kids |= {p for p in _children_of(template) if not _zombie_or_gone(p)}
+        new_fds = _open_fds() - fds_before - template_fds
         if not new_kids and not new_fds:
             return
         if time.monotonic() > deadline:

@@ -179,6 +179,13 @@ async def _supervise(
             runner._finished.set()
 
 
+def default_launcher(options: RunnerOptions) -> Launcher:
+    """Where ``open_runner``/``start_runner`` start a runner when no launcher is given: a
+    new local process (the test suite swaps this to run its runner tests once per
+    launcher)."""
+    return LocalLauncher()
+
+
 def check_launcher(launcher: object) -> None:
     """A TypeError, before anything starts, for a ``launcher=`` that is not one."""
     if launcher is None or isinstance(launcher, Launcher):
@@ -217,7 +224,7 @@ async def start_runner(
     """
     opts = resolve_options(options, overrides)
     check_launcher(launcher)
-    return await _start_in(nursery, launcher or LocalLauncher(), opts)
+    return await _start_in(nursery, launcher or default_launcher(opts), opts)
 
 
 @contextlib.asynccontextmanager
@@ -257,7 +264,7 @@ async def open_runner(
     """
     opts = resolve_options(options, overrides)
     check_launcher(launcher)
-    async with _runner_scope(launcher or LocalLauncher(), opts) as runner:
+    async with _runner_scope(launcher or default_launcher(opts), opts) as runner:
         yield runner
 
 

@@ -22,7 +22,14 @@ from ._operation import Operation
 from ._options import RunnerOptions
 from ._results import ErrorInfo, ExecResult, InputRequest, Output
 from ._session import Runner, RunnerStatistics
-from .launch import Launcher, LocalLauncher, RunnerHandle, StreamLauncher
+from .launch import (
+    ForkServer,
+    ForkServerLauncher,
+    Launcher,
+    LocalLauncher,
+    RunnerHandle,
+    StreamLauncher,
+)
 from .launch._sandbox import Sandbox
 from .manager import Manager, ManagerStatistics, PoolFull, PoolOptions, open_manager
 
@@ -31,6 +38,8 @@ __all__ = [
     "ErrorInfo",
     "ExecResult",
     "ExecpyError",
+    "ForkServer",
+    "ForkServerLauncher",
     "InputRequest",
     "Launcher",
     "Limits",

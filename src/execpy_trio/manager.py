@@ -42,6 +42,7 @@ from ._open import check_launcher, start_runner
 from ._options import RunnerOptions, resolve_options
 from ._pool import CHECKING, POOL_OPTION_NAMES, Entry, Pool, PoolFull, PoolOptions
 from .launch import Launcher, LocalLauncher
+from .launch._forkserver import can_fork, shared_launcher
 
 if TYPE_CHECKING:
     from typing_extensions import Unpack
@@ -492,9 +493,12 @@ async def open_manager(
     """
     runner_options, pool_options = _split(options, pool, dict(keywords))
     check_launcher(launcher)
+    if launcher is None:
+        # Fresh runners in milliseconds where a fork server can make them.
+        launcher = shared_launcher() if can_fork(runner_options) else LocalLauncher()
     try:
         async with trio.open_nursery() as nursery:
-            manager = Manager(nursery, runner_options, pool_options, launcher or LocalLauncher())
+            manager = Manager(nursery, runner_options, pool_options, launcher)
             try:
                 manager._changed()
                 await manager._fill()

@@ -27,7 +27,7 @@ async def test_exec_eval_stdin_variables() -> None:
     with trio.fail_after(20):
         async with ex.open_runner() as runner:
             assert runner.welcome.language == "python"
-            assert runner.pid == runner.process.pid  # type: ignore[union-attr]
+            assert runner.pid == runner.handle.pid
             r = await runner.exec("x = 40\nx + 2")
             assert (r.status, r.value, r.stdout, r.stderr, r.error) == ("ok", "42", "", "", None)
             assert r.check() is r
@@ -230,7 +230,7 @@ async def test_leaving_under_cancellation_shuts_down() -> None:
             await runner.exec("x = 1")
             scope.cancel()  # the block is left by cancellation, once the runner is up
             await trio.sleep_forever()
-    assert runner.process is not None and runner.process.returncode is not None
+    assert runner.returncode is not None
     assert runner.state == "closed"
 
 

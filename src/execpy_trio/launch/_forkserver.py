@@ -30,14 +30,18 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 import trio
 
-from .._errors import RunnerStartError
+from .._errors import RunnerStartError, raise_unwrapped
+from .._tasks import ShieldedServices
 from ._base import Launcher, RunnerHandle
 from ._local import StderrTail
 
 if TYPE_CHECKING:
     from .._options import RunnerOptions
 
-__all__ = ["ForkServer", "ForkServerLauncher", "ForkedHandle"]
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+__all__ = ["ForkServer", "ForkServerLauncher", "ForkedHandle", "can_fork", "shared_launcher"]
 
 #: How long the template may take to import the preload modules and say it is ready.
 READY_TIMEOUT: Final = 60.0
@@ -56,9 +60,17 @@ class ForkServer:
     (and with it every runner it forked). Also a context manager.
     """
 
-    def __init__(self, preload: Sequence[str] = (), *, python: str | None = None) -> None:
+    def __init__(
+        self,
+        preload: Sequence[str] = (),
+        *,
+        python: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         self.preload = tuple(preload)
         self._python = python or sys.executable
+        #: The template's environment (None: this process's): what the preload imports see.
+        self.env = env
         self._lock = threading.Lock()  # one request at a time on the control channel
         self._cond = threading.Condition()
         self._replies: dict[int, dict[str, Any]] = {}
@@ -92,6 +104,7 @@ class ForkServer:
         try:
             process = subprocess.Popen(
                 argv,
+                env=self.env,
                 pass_fds=(theirs.fileno(),),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.DEVNULL,
@@ -108,8 +121,11 @@ class ForkServer:
         except (OSError, ValueError) as exc:
             first = {"kind": "eof", "message": str(exc)}
         if first.get("kind") != "ready":
-            process.kill()
-            process.wait()
+            try:
+                process.wait(timeout=5)  # a refusing template exits by itself, with its status
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
             ours.close()
             why = first.get("message") or f"it exited with status {process.returncode}"
             raise RunnerStartError(
@@ -177,8 +193,7 @@ class ForkServer:
         channel: int,
         stderr: int,
         *,
-        env: dict[str, str] | None,
-        inherit_env: bool,
+        env: dict[str, str],
         cwd: str | None,
     ) -> int:
         """Fork a runner on ``channel`` (its stderr to ``stderr``); return its pid.
@@ -187,8 +202,7 @@ class ForkServer:
             sock = self._ensure_template()
             self._next_id += 1
             request_id = self._next_id
-            msg = {"kind": "fork", "id": request_id, "env": env, "inherit_env": inherit_env}
-            msg["cwd"] = cwd
+            msg = {"kind": "fork", "id": request_id, "env": env, "cwd": cwd}
             try:
                 socket.send_fds(sock, [msgpack.packb(msg)], [channel, stderr])
             except OSError as exc:
@@ -288,10 +302,24 @@ class ForkedHandle(RunnerHandle):
         await self._ended.wait()
 
     def kill(self) -> None:
-        if self._pidfd >= 0:
-            with contextlib.suppress(OSError):
-                signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
-                os.killpg(self.pid, signal.SIGKILL)  # still unreaped: the group is its
+        # The template kills the runner's process group when it reaps it; what the code
+        # started in sessions of its own is killed here, the runner stopped first (as
+        # the local launcher does).
+        if self._pidfd < 0:
+            return
+        from ..runner._children import descendants
+
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGSTOP)
+        for _ in range(3):
+            pids = descendants(self.pid)
+            if not pids:
+                break
+            for pid in pids:
+                with contextlib.suppress(OSError):
+                    os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(OSError):
+            signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
 
     async def close(self, *, wait: float) -> None:
         with trio.CancelScope(shield=True):
@@ -313,17 +341,22 @@ class ForkServerLauncher(Launcher):
     ``command`` (a fork copies this package's runner, in this machine's namespaces)."""
 
     def __init__(self) -> None:
-        self.servers: dict[tuple[str, ...], ForkServer] = {}
+        self.servers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], ForkServer] = {}
         self._lock = threading.Lock()
 
     def __repr__(self) -> str:
         return f"ForkServerLauncher({len(self.servers)} server(s))"
 
-    def server(self, preload: tuple[str, ...]) -> ForkServer:
+    def server(self, preload: tuple[str, ...], env: dict[str, str]) -> ForkServer:
+        """The server for ``preload`` whose interpreter settings (the ``PYTHON*``
+        variables: the path, the hash seed, ...) are those of ``env``; started with
+        ``env`` if new."""
+        python_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith("PYTHON")))
+        key = (preload, python_env)
         with self._lock:
-            server = self.servers.get(preload)
+            server = self.servers.get(key)
             if server is None:
-                server = self.servers[preload] = ForkServer(preload)
+                server = self.servers[key] = ForkServer(preload, env=env)
             return server
 
     def close(self) -> None:
@@ -341,16 +374,17 @@ class ForkServerLauncher(Launcher):
                 "sandbox=, command= or stdio= (use LocalLauncher for those)",
                 retryable=False,
             )
-        server = self.server(options.preload)
+        # The whole environment, as a spawned runner would get it now (the template's is
+        # that of its own start).
+        env = dict(os.environ) if options.inherit_env else {}
+        env.update(options.env or {})
+        server = self.server(options.preload, env)
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         read_end, write_end = os.pipe()
         try:
-            env = dict(options.env) if options.env is not None else None
             cwd = os.fspath(options.cwd) if options.cwd is not None else None
             pid = await trio.to_thread.run_sync(
-                lambda: server.fork(
-                    theirs.fileno(), write_end, env=env, inherit_env=options.inherit_env, cwd=cwd
-                ),
+                lambda: server.fork(theirs.fileno(), write_end, env=env, cwd=cwd),
                 abandon_on_cancel=False,
             )
         except BaseException:
@@ -363,11 +397,46 @@ class ForkServerLauncher(Launcher):
         stderr = trio.lowlevel.FdStream(read_end)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         handle = ForkedHandle(server, pid, stream, stderr)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(handle._tail.read_from, stderr)
-            nursery.start_soon(handle.watch)
-            try:
-                yield handle
-            finally:
-                await handle.close(wait=0)
-                nursery.cancel_scope.cancel()
+        # The watcher and the stderr reader outlive a cancellation of the owner's scope:
+        # the shutdown needs the exit status, and the last diagnostics are worth reporting.
+        services = ShieldedServices()
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(services.run, handle.watch)
+                nursery.start_soon(services.run, handle._tail.read_from, stderr)
+                try:
+                    yield handle
+                finally:
+                    await handle.close(wait=0)
+                    services.cancel()
+                    nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            raise_unwrapped(group)
+
+
+def can_fork(options: RunnerOptions) -> bool:
+    """Whether a fork server can start a runner with ``options`` here."""
+    return (
+        sys.platform.startswith("linux")
+        and hasattr(os, "pidfd_open")
+        and options.sandbox is None
+        and options.command is None
+        and not options.stdio
+    )
+
+
+_shared: ForkServerLauncher | None = None
+_shared_lock = threading.Lock()
+
+
+def shared_launcher() -> ForkServerLauncher:
+    """The process-wide fork-server launcher the manager uses by default: one template
+    per preload set for the whole process, across ``trio.run`` calls, closed at exit."""
+    global _shared
+    with _shared_lock:
+        if _shared is None:
+            import atexit
+
+            _shared = ForkServerLauncher()
+            atexit.register(_shared.close)
+        return _shared

@@ -17,8 +17,8 @@ children with it; a template whose client goes away (EOF on the control channel)
 The control messages are a private detail of this implementation (client and template
 come from the same installed package, on the same host); see docs/design.md.
 
-Client -> template: ``{"kind": "fork", "id": N, "env": {...} | None, "inherit_env": bool,
-"cwd": str | None}`` with two descriptors (the child's channel, its stderr).
+Client -> template: ``{"kind": "fork", "id": N, "env": {...}, "cwd": str | None}`` (the
+child's whole environment) with two descriptors (the child's channel, its stderr).
 Template -> client: ``{"kind": "ready", "pid": P}`` once; ``{"kind": "refused", "message":
 ...}`` instead, then it exits; ``{"kind": "forked", "id": N, "pid": P}`` or ``{"kind":
 "fork-failed", "id": N, "message": ...}``; ``{"kind": "exited", "pid": P, "returncode":
@@ -39,7 +39,7 @@ import msgpack
 #: Exit statuses of the template.
 EXIT_OK = 0
 EXIT_USAGE = 2
-EXIT_REFUSED = 8
+EXIT_REFUSED = 7  # as a runner whose set-up failed
 #: The largest control message.
 MAX_MESSAGE = 1 << 20
 
@@ -78,13 +78,15 @@ def _child(sock: socket.socket, wake: tuple[int, int], msg: dict[str, Any], fds:
         os.closerange(channel + 1, 65536)
         os.closerange(3, channel)
         env = msg.get("env")
-        if not msg.get("inherit_env", True):
+        if env is not None:
             os.environ.clear()
-        if env:
             os.environ.update(env)
         cwd = msg.get("cwd")
         if cwd:
+            started_in = os.getcwd()
             os.chdir(cwd)
+            if sys.path and sys.path[0] == started_in:
+                sys.path[0] = os.getcwd()  # as ``python -m`` started in cwd would have it
         from ._main import main
 
         sys.argv = ["execpy_trio.runner", "--fd", str(channel)]
@@ -109,8 +111,16 @@ def serve(control_fd: int, preload: list[str]) -> int:
     for name in preload:
         try:
             importlib.import_module(name)
-        except BaseException as exc:
-            _send(sock, {"kind": "refused", "message": f"importing {name!r} failed: {exc!r}"})
+        except BaseException:
+            import traceback
+
+            _send(
+                sock,
+                {
+                    "kind": "refused",
+                    "message": f"preload: importing {name!r} failed:\n{traceback.format_exc()}",
+                },
+            )
             return EXIT_REFUSED
     if _threads() > 1:
         _send(
@@ -139,12 +149,19 @@ def serve(control_fd: int, preload: list[str]) -> int:
             except BlockingIOError:
                 pass
             while True:
+                # Look before reaping: while the exited runner is unreaped its pid still
+                # names its process group, so killing the group cannot reach another.
                 try:
-                    pid, status = os.waitpid(-1, os.WNOHANG)
+                    info = os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOHANG | os.WNOWAIT)
                 except ChildProcessError:
                     break
-                if pid == 0:
+                if info is None or info.si_pid == 0:
                     break
+                try:
+                    os.killpg(info.si_pid, signal.SIGKILL)
+                except OSError:
+                    pass
+                pid, status = os.waitpid(info.si_pid, 0)
                 _send(
                     sock,
                     {"kind": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)},
