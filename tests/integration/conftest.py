@@ -5,29 +5,28 @@ both times)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import pytest
 
 from execpy_trio import _open
 from execpy_trio.launch import LocalLauncher
 from execpy_trio.launch._forkserver import can_fork, shared_launcher
 
-#: Files whose tests are about one launcher only: not run twice.
-ONE_LAUNCHER = {"test_sandbox.py", "test_manager_runner.py"}
+#: Files whose tests are about one launcher: run once, with the launcher they choose.
+ONE_LAUNCHER = {"test_sandbox.py", "test_manager_runner.py", "test_forkserver.py"}
 
 
-@pytest.fixture(autouse=True, params=["spawn", "fork"])
-def launcher_kind(
-    request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch
-) -> Iterator[str]:
-    kind: str = request.param
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if metafunc.definition.path.name not in ONE_LAUNCHER:
+        metafunc.parametrize("launcher_kind", ["spawn", "fork"], indirect=True)
+
+
+@pytest.fixture(autouse=True)
+def launcher_kind(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> str:
+    kind: str = getattr(request, "param", "spawn")
     if kind == "fork":
-        if request.node.path.name in ONE_LAUNCHER:
-            pytest.skip("a test of one launcher: run once, with its own")
         monkeypatch.setattr(
             _open,
             "default_launcher",
             lambda options: shared_launcher() if can_fork(options) else LocalLauncher(),
         )
-    yield kind
+    return kind
