@@ -28,13 +28,17 @@ R}`` (negative: the signal).
 from __future__ import annotations
 
 import os
-import select
-import signal
-import socket
 import sys
-from typing import Any
 
 import msgpack
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import signal
+    import socket
+    from typing import Any
+else:
+    import _signal as signal  # not the signal module: it imports enum (start-up time)
 
 #: Exit statuses of the template.
 EXIT_OK = 0
@@ -101,6 +105,11 @@ def _child(sock: socket.socket, wake: tuple[int, int], msg: dict[str, Any], fds:
 
 
 def serve(control_fd: int, preload: list[str]) -> int:
+    # Imported here, not at the top: the runner's modules stay light to import (this one
+    # is only the template's program).
+    import select
+    import socket
+
     sock = socket.socket(fileno=control_fd)
     # The runner's own modules, so that a child imports nothing of ours.
     from . import _capture, _channel, _children, _execute, _hooks, _input, _io, _limits, _main
