@@ -44,6 +44,14 @@ else:
 EXIT_OK = 0
 EXIT_USAGE = 2
 EXIT_REFUSED = 7  # as a runner whose set-up failed
+#: Set to 1 in the template (unless set): the thread pools of numerical libraries.
+SINGLE_THREAD_VARIABLES = (
+    "OPENBLAS_NUM_THREADS",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+    "NUMEXPR_NUM_THREADS",
+    "VECLIB_MAXIMUM_THREADS",
+)
 #: The largest control message.
 MAX_MESSAGE = 1 << 20
 
@@ -117,6 +125,11 @@ def serve(control_fd: int, preload: list[str]) -> int:
     del _capture, _channel, _children, _execute, _hooks, _input, _io, _limits, _main
     import importlib
 
+    # Numerical libraries start a pool of threads when they load (OpenBLAS, MKL, OpenMP)
+    # unless told to use one: a process with threads cannot be forked safely, so the
+    # template asks for one, unless the environment already says otherwise.
+    for name in SINGLE_THREAD_VARIABLES:
+        os.environ.setdefault(name, "1")
     for name in preload:
         try:
             importlib.import_module(name)
@@ -139,7 +152,8 @@ def serve(control_fd: int, preload: list[str]) -> int:
                 "message": (
                     f"the preload modules {preload} started a thread; forking a process "
                     "with threads is unsafe, so this fork server cannot use them (preload "
-                    "them in each runner instead: spawn, not fork)"
+                    "them in each runner instead: spawn, not fork; for numerical libraries, "
+                    f"leave {', '.join(SINGLE_THREAD_VARIABLES)} unset or 1)"
                 ),
             },
         )
