@@ -12,8 +12,9 @@ spare can be ready, as in a test harness or an autograder feeding jobs):
 - a cold ``open_runner`` + ``exec("x = 1")`` + close (spawned);
 - ``manager.exec("x = 1", fresh=True)``, the manager's default launcher (the fork server),
   and the same with ``launcher=LocalLauncher()`` (spawned spares);
-- multiprocessing's forkserver (``set_forkserver_preload``): a new Process per call that
-  puts one result on a queue;
+- multiprocessing's forkserver (``set_forkserver_preload``, with ``__main__`` so that a
+  child does not import this script again): a new Process per call that puts one result
+  on a queue;
 - trio-parallel with a fresh worker per call (``retire`` after one job), fork workers.
 
 With ``preload=("numpy",)`` the same rows again (the peers preload numpy their way): the
@@ -91,7 +92,8 @@ async def _rows(n: int, preload: tuple[str, ...]) -> list[tuple[str, list[float]
             rows.append((label, await _timed(n, fresh)))
 
     ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(list(preload))
+    # __main__ too: otherwise every child imports this script (and Trio) again.
+    ctx.set_forkserver_preload(["__main__", *preload])
     queue = ctx.Queue()
 
     def mp_one() -> None:
@@ -140,9 +142,7 @@ async def main(n: int, numpy: bool) -> None:
         print("|---|---|---|---|---|")
         for label, times in rows:
             median = statistics.median(times)
-            print(
-                f"| {label} | {_stats(times)} | {median / floor:.2f} | {cold / median:.1f} |"
-            )
+            print(f"| {label} | {_stats(times)} | {median / floor:.2f} | {cold / median:.1f} |")
 
 
 if __name__ == "__main__":
