@@ -12,9 +12,9 @@ spare can be ready, as in a test harness or an autograder feeding jobs):
 - a cold ``open_runner`` + ``exec("x = 1")`` + close (spawned);
 - ``manager.exec("x = 1", fresh=True)``, the manager's default launcher (the fork server),
   and the same with ``launcher=LocalLauncher()`` (spawned spares);
-- multiprocessing's forkserver (``set_forkserver_preload``, with ``__main__`` so that a
-  child does not import this script again): a new Process per call that puts one result
-  on a queue;
+- multiprocessing's forkserver (``set_forkserver_preload``), from a small main module of
+  its own (``_mp_fresh.py``: a child imports its parent's main module, and this one
+  imports Trio): a new Process per call that puts one result on a queue;
 - trio-parallel with a fresh worker per call (``retire`` after one job), fork workers.
 
 With ``preload=("numpy",)`` the same rows again (the peers preload numpy their way): the
@@ -24,11 +24,12 @@ goal is a fresh forked runner at least 10x faster than a cold runner that import
 from __future__ import annotations
 
 import argparse
-import multiprocessing
+import json
 import statistics
 import sys
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import trio
@@ -52,10 +53,6 @@ async def _timed(n: int, one: Callable[[], Awaitable[Any]]) -> list[float]:
         times.append((time.perf_counter() - start) * 1000)
         await trio.sleep(GAP)
     return times
-
-
-def _mp_child(queue: Any) -> None:
-    queue.put(1)
 
 
 def _noop() -> int:
@@ -91,25 +88,13 @@ async def _rows(n: int, preload: tuple[str, ...]) -> list[tuple[str, list[float]
 
             rows.append((label, await _timed(n, fresh)))
 
-    ctx = multiprocessing.get_context("forkserver")
-    # __main__ too: otherwise every child imports this script (and Trio) again.
-    ctx.set_forkserver_preload(["__main__", *preload])
-    queue = ctx.Queue()
-
-    def mp_one() -> None:
-        process = ctx.Process(target=_mp_child, args=(queue,))
-        process.start()
-        queue.get()
-        process.join()
-
-    await trio.to_thread.run_sync(mp_one)  # the forkserver is up
-
-    async def mp_fresh() -> None:
-        await trio.to_thread.run_sync(mp_one)
-
-    rows.append(("multiprocessing forkserver, new Process", await _timed(n, mp_fresh)))
+    helper = Path(__file__).with_name("_mp_fresh.py")
+    result = await trio.run_process(
+        [sys.executable, str(helper), str(n), str(GAP), *preload], capture_stdout=True
+    )
+    rows.append(("multiprocessing forkserver, new Process", json.loads(result.stdout)))
     try:
-        import trio_parallel
+        import trio_parallel  # type: ignore[import-untyped]
     except ImportError:
         return rows
     async with trio_parallel.open_worker_context(
