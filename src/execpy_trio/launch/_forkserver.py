@@ -43,7 +43,8 @@ if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
 
 __all__ = ["ForkServer", "ForkServerLauncher", "ForkedHandle", "can_fork", "shared_launcher"]
 
-#: How long the template may take to import the preload modules and say it is ready.
+#: How long the template may take to import the preload modules and say it is ready, by
+#: default (a launch uses its options' ``handshake_timeout``).
 READY_TIMEOUT: Final = 60.0
 #: How long a fork request may take to be answered.
 FORK_TIMEOUT: Final = 10.0
@@ -95,7 +96,7 @@ class ForkServer:
 
     # -- the template ---------------------------------------------------------------------
 
-    def _start_template(self) -> None:
+    def _start_template(self, ready_timeout: float) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         argv = [self._python, "-m", "execpy_trio.runner._forkserver"]
         argv += ["--control-fd", str(theirs.fileno())]
@@ -115,7 +116,7 @@ class ForkServer:
             raise RunnerStartError(f"could not start the fork server {argv!r}: {exc}") from exc
         finally:
             theirs.close()
-        ours.settimeout(READY_TIMEOUT)
+        ours.settimeout(ready_timeout)
         try:
             first = msgpack.unpackb(ours.recv(1 << 20) or msgpack.packb({"kind": "eof"}))
         except (OSError, ValueError) as exc:
@@ -167,7 +168,7 @@ class ForkServer:
             process.kill()
         process.wait()
 
-    def _ensure_template(self) -> socket.socket:
+    def _ensure_template(self, ready_timeout: float) -> socket.socket:
         if self._closed:
             raise RunnerStartError("this fork server was closed", retryable=False)
         sock = self._sock
@@ -175,7 +176,7 @@ class ForkServer:
             return sock
         while True:
             try:
-                self._start_template()
+                self._start_template(ready_timeout)
             except RunnerStartError as exc:
                 self._failures += 1
                 if not exc.retryable or self._failures >= TEMPLATE_ATTEMPTS:
@@ -195,11 +196,13 @@ class ForkServer:
         *,
         env: dict[str, str],
         cwd: str | None,
+        ready_timeout: float = READY_TIMEOUT,
     ) -> int:
         """Fork a runner on ``channel`` (its stderr to ``stderr``); return its pid.
-        Blocking and bounded (the template's start, then ``FORK_TIMEOUT``)."""
+        Blocking and bounded: the template's start, if it must start (``ready_timeout``
+        for its imports, a few tries), then ``FORK_TIMEOUT``."""
         with self._lock:
-            sock = self._ensure_template()
+            sock = self._ensure_template(ready_timeout)
             self._next_id += 1
             request_id = self._next_id
             msg = {"kind": "fork", "id": request_id, "env": env, "cwd": cwd}
@@ -384,7 +387,14 @@ class ForkServerLauncher(Launcher):
         try:
             cwd = os.fspath(options.cwd) if options.cwd is not None else None
             pid = await trio.to_thread.run_sync(
-                lambda: server.fork(theirs.fileno(), write_end, env=env, cwd=cwd),
+                lambda: server.fork(
+                    theirs.fileno(),
+                    write_end,
+                    env=env,
+                    cwd=cwd,
+                    ready_timeout=options.handshake_timeout,
+                ),
+                # Not abandoned: the thread uses descriptors this frame closes after it.
                 abandon_on_cancel=False,
             )
         except BaseException:
