@@ -24,6 +24,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Sequence
 from typing import TYPE_CHECKING, Any, Final
 
@@ -75,7 +76,9 @@ class ForkServer:
         self._lock = threading.Lock()  # one request at a time on the control channel
         self._cond = threading.Condition()
         self._replies: dict[int, dict[str, Any]] = {}
+        self._awaited: set[int] = set()  # request ids a caller still waits for
         self._exits: dict[int, int] = {}
+        self._live: set[int] = set()  # pids forked whose exit status is still wanted
         self._next_id = 0
         self._process: subprocess.Popen[bytes] | None = None
         self._sock: socket.socket | None = None
@@ -84,6 +87,7 @@ class ForkServer:
         self._closed = False
         self.template_pid: int | None = None
         self.templates_started = 0
+        _servers.add(self)
 
     def __repr__(self) -> str:
         return f"ForkServer(preload={list(self.preload)}, template pid {self.template_pid})"
@@ -119,9 +123,17 @@ class ForkServer:
         ours.settimeout(ready_timeout)
         try:
             first = msgpack.unpackb(ours.recv(1 << 20) or msgpack.packb({"kind": "eof"}))
+        except TimeoutError:
+            first = {
+                "kind": "hung",
+                "message": f"it was not ready within {ready_timeout:g} s (handshake_timeout): "
+                f"does importing one of {list(self.preload)} hang?",
+            }
         except (OSError, ValueError) as exc:
             first = {"kind": "eof", "message": str(exc)}
         if first.get("kind") != "ready":
+            if first.get("kind") == "hung":
+                process.kill()
             try:
                 process.wait(timeout=5)  # a refusing template exits by itself, with its status
             except subprocess.TimeoutExpired:
@@ -132,41 +144,42 @@ class ForkServer:
             raise RunnerStartError(
                 f"the fork server for preload {list(self.preload)} did not start: {why}",
                 returncode=process.returncode,
-                retryable=first.get("kind") != "refused",
+                retryable=first.get("kind") == "eof",
             )
         ours.settimeout(None)
         self._process, self._sock = process, ours
         self.template_pid = process.pid
         self.templates_started += 1
+        # The reader holds the server weakly, and a server never closed ends its template
+        # when it is collected.
         self._reader = threading.Thread(
-            target=self._read, args=(ours, process), name="execpy-forkserver", daemon=True
+            target=_read_replies,
+            args=(weakref.ref(self), ours, process),
+            name="execpy-forkserver",
+            daemon=True,
         )
         self._reader.start()
+        weakref.finalize(self, _end_template, process)
 
-    def _read(self, sock: socket.socket, process: subprocess.Popen[bytes]) -> None:
-        while True:
-            try:
-                data = sock.recv(1 << 20)
-            except OSError:
-                data = b""
-            if not data:
-                break
-            msg = msgpack.unpackb(data)
-            with self._cond:
-                if msg.get("kind") == "exited":
+    def _deliver(self, msg: dict[str, Any], fds: list[int]) -> None:
+        with self._cond:
+            if msg.get("kind") == "exited":
+                if msg["pid"] in self._live:  # nobody asks for the others: not kept
                     self._exits[msg["pid"]] = msg["returncode"]
-                elif "id" in msg:
-                    self._replies[msg["id"]] = msg
-                self._cond.notify_all()
+            elif msg.get("id") in self._awaited:
+                msg["pidfd"] = fds.pop() if fds else None
+                self._replies[msg["id"]] = msg
+                if msg.get("kind") == "forked":
+                    self._live.add(msg["pid"])  # before its "exited" can come
+            self._cond.notify_all()
+        for fd in fds:
+            os.close(fd)  # a late reply's: nobody waits for it any more
+
+    def _lost(self, sock: socket.socket) -> None:
         with self._cond:
             if self._sock is sock:
                 self._sock = None  # the template is gone: the next request starts another
             self._cond.notify_all()
-        with contextlib.suppress(OSError):
-            sock.close()
-        with contextlib.suppress(OSError):
-            process.kill()
-        process.wait()
 
     def _ensure_template(self, ready_timeout: float) -> socket.socket:
         if self._closed:
@@ -184,6 +197,9 @@ class ForkServer:
                 time.sleep(0.1 * 2 ** (self._failures - 1))
                 continue
             self._failures = 0
+            if self._closed:  # closed while it started
+                self.close()
+                raise RunnerStartError("this fork server was closed", retryable=False)
             assert self._sock is not None
             return self._sock
 
@@ -196,46 +212,63 @@ class ForkServer:
         *,
         env: dict[str, str],
         cwd: str | None,
+        umask: int | None = None,
         ready_timeout: float = READY_TIMEOUT,
-    ) -> int:
-        """Fork a runner on ``channel`` (its stderr to ``stderr``); return its pid.
+    ) -> tuple[int, int | None]:
+        """Fork a runner on ``channel`` (its stderr to ``stderr``); return its pid and a
+        pidfd for it (opened by the template, its parent: it names this process for sure).
         Blocking and bounded: the template's start, if it must start (``ready_timeout``
-        for its imports, a few tries), then ``FORK_TIMEOUT``."""
+        for its imports, a few tries), then ``FORK_TIMEOUT``; a template that does not
+        answer in time is killed (the next request starts another)."""
         with self._lock:
             sock = self._ensure_template(ready_timeout)
+            process = self._process
             self._next_id += 1
             request_id = self._next_id
-            msg = {"kind": "fork", "id": request_id, "env": env, "cwd": cwd}
+            msg = {"kind": "fork", "id": request_id, "env": env, "cwd": cwd, "umask": umask}
+            with self._cond:
+                self._awaited.add(request_id)
             try:
                 socket.send_fds(sock, [msgpack.packb(msg)], [channel, stderr])
             except OSError as exc:
+                with self._cond:
+                    self._awaited.discard(request_id)
                 raise RunnerStartError(f"the fork server is gone: {exc}") from exc
         deadline = time.monotonic() + FORK_TIMEOUT
         with self._cond:
-            while request_id not in self._replies:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._sock is not sock:
-                    raise RunnerStartError(
-                        "the fork server did not answer a fork request"
-                        + (" (it ended)" if self._sock is not sock else f" in {FORK_TIMEOUT} s")
-                    )
-                self._cond.wait(left)
-            reply = self._replies.pop(request_id)
+            try:
+                while request_id not in self._replies:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._sock is not sock:
+                        gone = self._sock is not sock
+                        if not gone and process is not None:
+                            process.kill()  # stopped or wedged: replaced on the next request
+                        raise RunnerStartError(
+                            "the fork server did not answer a fork request"
+                            + (" (it ended)" if gone else f" in {FORK_TIMEOUT} s: killed it")
+                        )
+                    self._cond.wait(left)
+                reply = self._replies.pop(request_id)
+            finally:
+                self._awaited.discard(request_id)
         if reply.get("kind") != "forked":
             raise RunnerStartError(f"the fork server could not fork: {reply.get('message')}")
-        pid: int = reply["pid"]
-        return pid
+        return reply["pid"], reply.get("pidfd")
 
     def exit_status(self, pid: int, wait: float) -> int | None:
-        """The exit status the template reported for ``pid``, waiting up to ``wait``."""
+        """The exit status the template reported for ``pid``, waiting up to ``wait``
+        (asked once: after it, the status is not kept)."""
         deadline = time.monotonic() + wait
         with self._cond:
-            while pid not in self._exits:
-                left = deadline - time.monotonic()
-                if left <= 0 or self._sock is None:
-                    return self._exits.pop(pid, None)
-                self._cond.wait(left)
-            return self._exits.pop(pid)
+            try:
+                while pid not in self._exits:
+                    left = deadline - time.monotonic()
+                    if left <= 0 or self._sock is None:
+                        return self._exits.pop(pid, None)
+                    self._cond.wait(left)
+                return self._exits.pop(pid)
+            finally:
+                self._live.discard(pid)
 
     def close(self) -> None:
         """End the template, and with it every runner it forked. Idempotent."""
@@ -254,17 +287,55 @@ class ForkServer:
             self._reader.join(5)
 
 
+def _read_replies(
+    ref: weakref.ref[ForkServer], sock: socket.socket, process: subprocess.Popen[bytes]
+) -> None:
+    """The reader thread of one template: its replies and exit reports."""
+    while True:
+        try:
+            data, fds, _flags, _addr = socket.recv_fds(sock, 1 << 20, 1)
+        except OSError:
+            data, fds = b"", []
+        server = ref()
+        if not data or server is None:
+            for fd in fds:
+                os.close(fd)
+            break
+        server._deliver(msgpack.unpackb(data), fds)
+        del server
+    server = ref()
+    if server is not None:
+        server._lost(sock)
+    del server
+    with contextlib.suppress(OSError):
+        sock.close()
+    _end_template(process)
+
+
+def _end_template(process: subprocess.Popen[bytes]) -> None:
+    with contextlib.suppress(OSError):
+        process.kill()
+    process.wait()
+
+
 class ForkedHandle(RunnerHandle):
     """A runner forked by a fork server: not our child, watched through a pidfd."""
 
     def __init__(
-        self, server: ForkServer, pid: int, stream: trio.SocketStream, stderr: Any
+        self,
+        server: ForkServer,
+        pid: int,
+        pidfd: int | None,
+        stream: trio.SocketStream,
+        stderr: Any,
     ) -> None:
         self.server = server
         self.pid: int = pid
         self.stream = stream
         self.description = f"a runner forked by {server!r}"
-        self._pidfd = os.pidfd_open(pid)
+        if pidfd is None:  # the template could not open one (an old kernel)
+            pidfd = os.pidfd_open(pid)
+        self._pidfd = pidfd
         self._stderr = stderr
         self._tail = StderrTail()
         self._returncode: int | None = None
@@ -294,6 +365,13 @@ class ForkedHandle(RunnerHandle):
             self._returncode = await trio.to_thread.run_sync(
                 self.server.exit_status, self.pid, REPORT_WAIT
             )
+            if self._returncode is None:
+                # No report: its template ended, and the kernel ended it too (it dies with
+                # its parent). Say so where RunnerDied looks.
+                self._tail.feed(
+                    b"execpy-forkserver: the fork server's template ended, and this runner "
+                    b"with it (no exit status)\n"
+                )
         finally:
             os.close(self._pidfd)
             self._pidfd = -1
@@ -354,12 +432,15 @@ class ForkServerLauncher(Launcher):
         """The server for ``preload`` whose interpreter settings (the ``PYTHON*``
         variables: the path, the hash seed, ...) are those of ``env``; started with
         ``env`` if new."""
-        python_env = tuple(sorted((k, v) for k, v in env.items() if k.startswith("PYTHON")))
-        key = (preload, python_env)
+        # Only what decides how the interpreter starts and imports: the template's own
+        # environment stays readable in every child's /proc/self/environ, so nothing of
+        # one request (a token) may go into it.
+        start_env = {k: v for k, v in env.items() if _shapes_the_interpreter(k)}
+        key = (preload, tuple(sorted(start_env.items())))
         with self._lock:
             server = self.servers.get(key)
             if server is None:
-                server = self.servers[key] = ForkServer(preload, env=env)
+                server = self.servers[key] = ForkServer(preload, env=start_env)
             return server
 
     def close(self) -> None:
@@ -385,13 +466,16 @@ class ForkServerLauncher(Launcher):
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         read_end, write_end = os.pipe()
         try:
-            cwd = os.fspath(options.cwd) if options.cwd is not None else None
-            pid = await trio.to_thread.run_sync(
+            # Absolute, from our working directory of now, as a spawned runner's would be.
+            where = os.fspath(options.cwd) if options.cwd is not None else "."
+            cwd = os.path.abspath(where)  # noqa: ASYNC240 - a getcwd(), no I/O to wait for
+            pid, pidfd = await trio.to_thread.run_sync(
                 lambda: server.fork(
                     theirs.fileno(),
                     write_end,
                     env=env,
                     cwd=cwd,
+                    umask=_current_umask(),
                     ready_timeout=options.handshake_timeout,
                 ),
                 # Not abandoned: the thread uses descriptors this frame closes after it.
@@ -406,7 +490,7 @@ class ForkServerLauncher(Launcher):
             os.close(write_end)
         stderr = trio.lowlevel.FdStream(read_end)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-        handle = ForkedHandle(server, pid, stream, stderr)
+        handle = ForkedHandle(server, pid, pidfd, stream, stderr)
         # The watcher and the stderr reader outlive a cancellation of the owner's scope:
         # the shutdown needs the exit status, and the last diagnostics are worth reporting.
         services = ShieldedServices()
@@ -422,6 +506,47 @@ class ForkServerLauncher(Launcher):
                     nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
             raise_unwrapped(group)
+
+
+def _shapes_the_interpreter(name: str) -> bool:
+    """Whether the environment variable ``name`` decides how Python starts or what it
+    imports (the path, the user site, the hash seed, the locale's encoding)."""
+    return name.startswith(("PYTHON", "LC_")) or name in ("LANG", "HOME")
+
+
+_servers: weakref.WeakSet[ForkServer] = weakref.WeakSet()
+
+
+def _forget_servers_after_fork() -> None:
+    """In a child of this process (``os.fork`` in the client): the fork servers are the
+    parent's. Close the inherited control sockets (so a template still sees EOF when the
+    parent goes) and leave the servers closed, their locks new."""
+    for server in list(_servers):
+        sock = server._sock
+        server._sock = None
+        server._process = None
+        server._closed = True
+        server._lock = threading.Lock()
+        server._cond = threading.Condition()
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.close()
+
+
+os.register_at_fork(after_in_child=_forget_servers_after_fork)
+
+
+def _current_umask() -> int | None:
+    """This process's umask, read without changing it (os.umask would, for a moment, for
+    every thread); None if /proc does not say."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
 
 
 def can_fork(options: RunnerOptions) -> bool:

@@ -69,12 +69,23 @@ def _threads() -> int:
         return threading.active_count()
 
 
-def _child(sock: socket.socket, wake: tuple[int, int], msg: dict[str, Any], fds: list[int]) -> None:
+def _child(
+    sock: socket.socket, wake: tuple[int, int], msg: dict[str, Any], fds: list[int], template: int
+) -> None:
     """In the forked child: become a runner on the channel descriptor. Never returns."""
     code = 70
     try:
+        # The template is single-threaded, so its only thread is our parent: the kernel
+        # ends us with it, even while user code holds the GIL (the runner's own watch of
+        # its parent then could not run).
+        from ._children import die_with_parent
+
+        die_with_parent()
+        if os.getppid() != template:
+            os._exit(code)  # it died before the prctl took hold
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        signal.pthread_sigmask(signal.SIG_SETMASK, [])  # whatever the template's start had
         channel, stderr = fds
         sock.close()
         for fd in wake:
@@ -93,6 +104,12 @@ def _child(sock: socket.socket, wake: tuple[int, int], msg: dict[str, Any], fds:
         if env is not None:
             os.environ.clear()
             os.environ.update(env)
+        import time
+
+        time.tzset()  # TZ as the request's environment says
+        umask = msg.get("umask")
+        if isinstance(umask, int):
+            os.umask(umask)
         cwd = msg.get("cwd")
         if cwd:
             started_in = os.getcwd()
@@ -158,12 +175,14 @@ def serve(control_fd: int, preload: list[str]) -> int:
             },
         )
         return EXIT_REFUSED
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])  # whatever its starter had blocked
     wake_r, wake_w = os.pipe()
     os.set_blocking(wake_w, False)
     os.set_blocking(wake_r, False)
     signal.set_wakeup_fd(wake_w)
     signal.signal(signal.SIGCHLD, lambda signum, frame: None)
     _send(sock, {"kind": "ready", "pid": os.getpid()})
+    children: set[int] = set()
     while True:
         readable, _, _ = select.select([sock.fileno(), wake_r], [], [])
         if wake_r in readable:
@@ -185,6 +204,7 @@ def serve(control_fd: int, preload: list[str]) -> int:
                 except OSError:
                     pass
                 pid, status = os.waitpid(info.si_pid, 0)
+                children.discard(pid)
                 _send(
                     sock,
                     {"kind": "exited", "pid": pid, "returncode": os.waitstatus_to_exitcode(status)},
@@ -193,34 +213,76 @@ def serve(control_fd: int, preload: list[str]) -> int:
             try:
                 data, fds, _flags, _addr = socket.recv_fds(sock, MAX_MESSAGE, 4)
             except OSError:
-                return EXIT_OK
+                data, fds = b"", []
             if not data:
-                return EXIT_OK  # the client went away
-            msg = msgpack.unpackb(data)
-            if msg.get("kind") != "fork" or len(fds) != 2:
-                for fd in fds:
-                    os.close(fd)
-                _send(
-                    sock,
-                    {
-                        "kind": "fork-failed",
-                        "id": msg.get("id"),
-                        "message": f"not a fork request with two descriptors: {msg!r:.200}",
-                    },
-                )
-                continue
-            try:
-                pid = os.fork()
-            except OSError as exc:
-                for fd in fds:
-                    os.close(fd)
-                _send(sock, {"kind": "fork-failed", "id": msg["id"], "message": str(exc)})
-                continue
-            if pid == 0:
-                _child(sock, (wake_r, wake_w), msg, fds)
-            for fd in fds:
-                os.close(fd)
-            _send(sock, {"kind": "forked", "id": msg["id"], "pid": pid})
+                _end_children(children)
+                return EXIT_OK  # the client went away: so do its runners
+            reply = _fork(sock, (wake_r, wake_w), data, fds, children)
+            if reply is not None:
+                message, pidfd = reply
+                if pidfd is None:
+                    _send(sock, message)
+                else:
+                    socket.send_fds(sock, [msgpack.packb(message)], [pidfd])
+                    os.close(pidfd)
+
+
+def _fork(
+    sock: socket.socket,
+    wake: tuple[int, int],
+    data: bytes,
+    fds: list[int],
+    children: set[int],
+) -> tuple[dict[str, Any], int | None] | None:
+    """One request: fork a child for it, or say why not. A malformed request is answered,
+    never fatal (the template's runners depend on it)."""
+    try:
+        msg = msgpack.unpackb(data)
+    except Exception:
+        msg = None
+    request_id = msg.get("id") if isinstance(msg, dict) else None
+    env = msg.get("env") if isinstance(msg, dict) else None
+    if (
+        not isinstance(msg, dict)
+        or msg.get("kind") != "fork"
+        or not isinstance(request_id, int)
+        or len(fds) != 2
+        or not (env is None or isinstance(env, dict))
+    ):
+        for fd in fds:
+            os.close(fd)
+        return {
+            "kind": "fork-failed",
+            "id": request_id,
+            "message": f"not a fork request with an id and two descriptors: {msg!r:.200}",
+        }, None
+    try:
+        pid = os.fork()
+    except OSError as exc:
+        for fd in fds:
+            os.close(fd)
+        return {"kind": "fork-failed", "id": request_id, "message": str(exc)}, None
+    if pid == 0:
+        _child(sock, wake, msg, fds, os.getppid())
+    children.add(pid)
+    for fd in fds:
+        os.close(fd)
+    # The pidfd goes with the reply: opened by the parent before it reaps, it names this
+    # child for sure (the client opening one by pid could name a process that reused it).
+    try:
+        pidfd: int | None = os.pidfd_open(pid)
+    except OSError:
+        pidfd = None
+    return {"kind": "forked", "id": request_id, "pid": pid}, pidfd
+
+
+def _end_children(children: set[int]) -> None:
+    """Kill every runner still alive and their groups (the client is gone)."""
+    for pid in children:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except OSError:
+            pass
 
 
 def main(argv: list[str]) -> int:
