@@ -26,7 +26,18 @@ raises that one error.
 from __future__ import annotations
 
 import abc
-from typing import TYPE_CHECKING
+import contextlib
+import sys
+from collections.abc import AsyncIterator
+from typing import TYPE_CHECKING, Any
+
+import trio
+
+from .._errors import raise_unwrapped
+from .._tasks import ShieldedServices
+
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 if TYPE_CHECKING:
     from contextlib import AbstractAsyncContextManager
@@ -35,7 +46,7 @@ if TYPE_CHECKING:
 
     from .._options import RunnerOptions
 
-__all__ = ["Launcher", "RunnerHandle"]
+__all__ = ["Launcher", "RunnerHandle", "watched"]
 
 
 class RunnerHandle(abc.ABC):
@@ -101,3 +112,24 @@ class Launcher(abc.ABC):
         leaves nothing behind. Leaving the block ends the runner (``close(wait=0)``) if the
         session has not already, shielded and bounded.
         """
+
+
+@contextlib.asynccontextmanager
+async def watched(handle: RunnerHandle, *watchers: tuple[Any, ...]) -> AsyncIterator[RunnerHandle]:
+    """Yield ``handle`` with its ``watchers`` (``(function, *args)``) running; at the end,
+    close it (``close(wait=0)``) and stop them. The watchers (a reaper, a stderr reader)
+    outlive a cancellation of the owner's scope: the shutdown needs the exit status, and
+    the last diagnostics are worth reporting."""
+    services = ShieldedServices()
+    try:
+        async with trio.open_nursery() as nursery:
+            for fn, *args in watchers:
+                nursery.start_soon(services.run, fn, *args)
+            try:
+                yield handle
+            finally:
+                await handle.close(wait=0)
+                services.cancel()
+                nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise_unwrapped(group)

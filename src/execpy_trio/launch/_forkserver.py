@@ -31,16 +31,15 @@ from typing import TYPE_CHECKING, Any, Final
 import msgpack
 import trio
 
-from .._errors import RunnerStartError, raise_unwrapped
-from .._tasks import ShieldedServices
-from ._base import Launcher, RunnerHandle
+from .._errors import RunnerStartError
+from ._base import Launcher, RunnerHandle, watched
 from ._local import StderrTail
 
 if TYPE_CHECKING:
     from .._options import RunnerOptions
 
 if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+    pass  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["ForkServer", "ForkServerLauncher", "ForkedHandle", "can_fork", "shared_launcher"]
 
@@ -491,21 +490,8 @@ class ForkServerLauncher(Launcher):
         stderr = trio.lowlevel.FdStream(read_end)
         stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
         handle = ForkedHandle(server, pid, pidfd, stream, stderr)
-        # The watcher and the stderr reader outlive a cancellation of the owner's scope:
-        # the shutdown needs the exit status, and the last diagnostics are worth reporting.
-        services = ShieldedServices()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(services.run, handle.watch)
-                nursery.start_soon(services.run, handle._tail.read_from, stderr)
-                try:
-                    yield handle
-                finally:
-                    await handle.close(wait=0)
-                    services.cancel()
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise_unwrapped(group)
+        async with watched(handle, (handle.watch,), (handle._tail.read_from, stderr)):
+            yield handle
 
 
 def _shapes_the_interpreter(name: str) -> bool:

@@ -24,9 +24,8 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 
 import trio
 
-from .._errors import RunnerStartError, raise_unwrapped
-from .._tasks import ShieldedServices
-from ._base import Launcher, RunnerHandle
+from .._errors import RunnerStartError
+from ._base import Launcher, RunnerHandle, watched
 
 if TYPE_CHECKING:
     from trio.abc import ReceiveStream, Stream
@@ -34,7 +33,7 @@ if TYPE_CHECKING:
     from .._options import RunnerOptions
 
 if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
-    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+    pass  # type: ignore[import-not-found,unused-ignore]
 
 __all__ = ["DEFAULT_COMMAND", "LocalLauncher", "LocalProcessHandle", "runner_command"]
 
@@ -393,19 +392,8 @@ class LocalLauncher(Launcher):
         process, stream, argv = await _spawn(options, cleanup)
         handle = LocalProcessHandle(process, stream, argv, self._echo_stderr)
         handle.namespaced = options.sandbox is not None
-        # The reaper and the stderr reader outlive a cancellation of the owner's scope: the
-        # shutdown needs the exit, and the last diagnostics are still worth reporting.
-        services = ShieldedServices()
-        try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(services.run, handle.reap)
-                if process.stderr is not None:
-                    nursery.start_soon(services.run, handle._tail.read_from, process.stderr)
-                try:
-                    yield handle
-                finally:
-                    await handle.close(wait=0)
-                    services.cancel()
-                    nursery.cancel_scope.cancel()
-        except BaseExceptionGroup as group:
-            raise_unwrapped(group)
+        watchers: list[tuple[Any, ...]] = [(handle.reap,)]
+        if process.stderr is not None:
+            watchers.append((handle._tail.read_from, process.stderr))
+        async with watched(handle, *watchers):
+            yield handle
