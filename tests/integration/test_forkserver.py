@@ -157,3 +157,45 @@ async def test_nothing_of_one_request_is_visible_to_the_next(
         await runner.exec("raw = open('/proc/self/environ', 'rb').read()")
         assert await runner.eval("b'secret-of-a' in raw") is False
         assert await runner.eval("b'TENANT_TOKEN' in raw") is False
+
+
+FORKING_CLIENT = """
+import os, sys, trio, execpy_trio as ex
+
+async def once(tag):
+    async with ex.open_manager(size=1, fresh_spares=0) as m:
+        r = await m.exec("1 + 1", fresh=True)
+        assert r.value == "2", r
+
+trio.run(once, "parent")
+pid = os.fork()
+if pid == 0:
+    try:
+        trio.run(once, "child")  # a forked client starts fork servers of its own
+    except BaseException as exc:
+        print("child failed:", exc, file=sys.stderr)
+        os._exit(1)
+    os._exit(0)
+_, status = os.waitpid(pid, 0)
+trio.run(once, "parent again")  # and the parent's still works
+sys.exit(os.waitstatus_to_exitcode(status))
+"""
+
+
+@pytest.mark.trio
+async def test_a_client_that_forks_can_use_the_manager_in_both_processes() -> None:
+    with trio.fail_after(BOUND):
+        p = await trio.run_process(
+            [sys.executable, "-c", FORKING_CLIENT], capture_stderr=True, check=False
+        )
+    assert p.returncode == 0, p.stderr.decode()
+
+
+@pytest.mark.trio
+async def test_a_missing_cwd_is_a_start_error_not_worth_retrying(
+    launcher: ForkServerLauncher,
+) -> None:
+    with pytest.raises(ex.RunnerStartError, match="is not a directory") as info:
+        async with ex.open_runner(launcher=launcher, cwd="/nonexistent/dir"):
+            pass
+    assert info.value.retryable is False

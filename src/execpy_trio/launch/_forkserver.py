@@ -423,6 +423,7 @@ class ForkServerLauncher(Launcher):
     def __init__(self) -> None:
         self.servers: dict[tuple[tuple[str, ...], tuple[tuple[str, str], ...]], ForkServer] = {}
         self._lock = threading.Lock()
+        _launchers.add(self)
 
     def __repr__(self) -> str:
         return f"ForkServerLauncher({len(self.servers)} server(s))"
@@ -468,6 +469,12 @@ class ForkServerLauncher(Launcher):
             # Absolute, from our working directory of now, as a spawned runner's would be.
             where = os.fspath(options.cwd) if options.cwd is not None else "."
             cwd = os.path.abspath(where)  # noqa: ASYNC240 - a getcwd(), no I/O to wait for
+            if not os.path.isdir(cwd):  # noqa: ASYNC240 - one stat
+                raise RunnerStartError(
+                    f"the runner's working directory {cwd!r} is not a directory; give an "
+                    "existing cwd",
+                    retryable=False,
+                )
             pid, pidfd = await trio.to_thread.run_sync(
                 lambda: server.fork(
                     theirs.fileno(),
@@ -503,10 +510,17 @@ def _shapes_the_interpreter(name: str) -> bool:
 _servers: weakref.WeakSet[ForkServer] = weakref.WeakSet()
 
 
+_launchers: weakref.WeakSet[ForkServerLauncher] = weakref.WeakSet()
+
+
 def _forget_servers_after_fork() -> None:
     """In a child of this process (``os.fork`` in the client): the fork servers are the
     parent's. Close the inherited control sockets (so a template still sees EOF when the
-    parent goes) and leave the servers closed, their locks new."""
+    parent goes), leave those servers closed, and let every launcher start servers of
+    its own on its next launch."""
+    for launcher in list(_launchers):
+        launcher.servers = {}
+        launcher._lock = threading.Lock()
     for server in list(_servers):
         sock = server._sock
         server._sock = None
