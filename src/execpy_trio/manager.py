@@ -478,7 +478,9 @@ async def open_manager(
     command, the timeouts, ...); ``pool`` the pool (a :class:`PoolOptions`: ``size``,
     ``fresh_spares``, ``max_waiting``, recycling, the heartbeat, start attempts). Keywords
     of either's field names override their fields: ``open_manager(size=4,
-    limits=limits)``. ``launcher`` starts each runner (default: a local process).
+    limits=limits)``. ``launcher`` starts each runner: by default the process-wide fork
+    server where it can fork (Linux; no sandbox, command or stdio), otherwise a local
+    process; ``launcher=LocalLauncher()`` always spawns.
 
     The block is entered once ``size + fresh_spares`` runners have started. Raises
     RunnerStartError if starts fail ``start_attempts`` times in a row; ValueError or

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import abc
 import contextlib
+import os
 import sys
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
 
     from .._options import RunnerOptions
 
-__all__ = ["Launcher", "RunnerHandle", "watched"]
+__all__ = ["Launcher", "RunnerHandle", "resident_bytes", "watched"]
 
 
 class RunnerHandle(abc.ABC):
@@ -133,3 +134,15 @@ async def watched(handle: RunnerHandle, *watchers: tuple[Any, ...]) -> AsyncIter
                 nursery.cancel_scope.cancel()
     except BaseExceptionGroup as group:
         raise_unwrapped(group)
+
+
+_PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+
+
+def resident_bytes(pid: int) -> int | None:
+    """Bytes of RAM the local process ``pid`` uses now (from /proc), or None."""
+    try:
+        with open(f"/proc/{pid}/statm", "rb") as f:
+            return int(f.read().split()[1]) * _PAGE_SIZE
+    except (OSError, ValueError, IndexError):
+        return None

@@ -32,7 +32,7 @@ import msgpack
 import trio
 
 from .._errors import RunnerStartError
-from ._base import Launcher, RunnerHandle, watched
+from ._base import Launcher, RunnerHandle, resident_bytes, watched
 from ._local import StderrTail
 
 if TYPE_CHECKING:
@@ -351,11 +351,7 @@ class ForkedHandle(RunnerHandle):
     def resident_memory(self, pid: int) -> int | None:
         if self._ended.is_set():
             return None
-        try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-        except (OSError, ValueError, IndexError):
-            return None
+        return resident_bytes(pid)
 
     async def watch(self) -> None:
         """Wait for the runner's end and its status (run in the launcher's nursery)."""

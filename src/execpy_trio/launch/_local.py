@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING, Any, Final, TextIO
 import trio
 
 from .._errors import RunnerStartError
-from ._base import Launcher, RunnerHandle, watched
+from ._base import Launcher, RunnerHandle, resident_bytes, watched
 
 if TYPE_CHECKING:
     from trio.abc import ReceiveStream, Stream
@@ -52,7 +52,6 @@ TERMINATE_WAIT: Final = 1.0
 #: After SIGKILL, how long to wait to reap the process (it cannot refuse; this only bounds
 #: a kernel that is slow to tear it down).
 REAP_WAIT: Final = 5.0
-_PAGE_SIZE: Final = os.sysconf("SC_PAGE_SIZE")
 _TRANSIENT_ERRNOS: Final = frozenset({errno.EAGAIN, errno.ENOMEM, errno.EMFILE, errno.ENFILE})
 
 
@@ -198,11 +197,7 @@ class LocalProcessHandle(RunnerHandle):
     def resident_memory(self, pid: int) -> int | None:
         if self._reaping:
             return None  # exited: the pid may belong to another process now
-        try:
-            with open(f"/proc/{pid}/statm", "rb") as f:
-                return int(f.read().split()[1]) * _PAGE_SIZE
-        except (OSError, ValueError, IndexError):
-            return None
+        return resident_bytes(pid)
 
     async def wait(self) -> None:
         await self._ended.wait()
