@@ -1,0 +1,727 @@
+"""The kit's side of one connection: a runner process it started, the frames both ways,
+and the checks every frame from the runner must pass, in every check.
+
+The kit is a client written to catch a runner out, so it does not use the library's
+Connection: it sends what a check tells it to, including what no client may send (raw
+bytes, stale op ids, a done from the client), and it reads only when a check asks, so
+that a check can stop reading and see backpressure. What it receives it holds to the spec
+frame by frame (:meth:`Peer.receive`): the frame format and size, the sender's encoding
+rules (:mod:`._wire`), the message schema, the role, and a model of the connection and
+its ops (who may send what when; exactly one done per op, none of its output after it).
+The first breach fails the check, citing the rule.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import struct
+import subprocess
+from collections import deque
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import attrs
+import trio
+
+from ..protocol import (
+    DEFAULT_MAX_FRAME,
+    HANDSHAKE_MAX_FRAME,
+    Done,
+    Error,
+    InputRequest,
+    Message,
+    Output,
+    Pong,
+    RemoteProtocolError,
+    UnknownMessage,
+    Welcome,
+    message_from_wire,
+    pack_body,
+    unpack_body,
+)
+from ._wire import SENDER_MAX_NESTING, read_shape
+
+#: The protocol version the kit speaks.
+KIT_VERSION = (1, 1)
+_HEADER = struct.Struct(">I")
+#: Frames shown in a report: the first and the last of a check's log.
+LOG_HEAD = 60
+LOG_TAIL = 60
+#: Bytes of the runner's own stderr kept for the report.
+STDERR_TAIL = 8192
+#: How long a runner has to exit once it has closed the stream or been told to.
+EXIT_BOUND = 5.0
+
+# The rules every frame is held to, quoted from spec/protocol.md by section.
+RULES = {
+    "3.1": "The body MUST be a single msgpack value that spans exactly `length` bytes",
+    "3.2 keys": "The keys of the message map MUST be str.",
+    "3.2 duplicates": "A sender MUST NOT write the same key twice in one map.",
+    "3.2 nesting": "A sender MUST NOT nest containers more than **512** levels deep",
+    "3.3": "a side MUST NOT send a frame whose body is larger than the **peer's** `max_frame`.",
+    "4.1": "Every message is a msgpack map. It MUST have a `kind` key whose value is a str "
+    "naming the message.",
+    "4.2": "A required field that is missing, or any field whose value does not have the "
+    "listed type or is outside the listed values, makes the message invalid (`bad-message`).",
+    "5": "The runner MUST NOT send anything before it has received `hello`.",
+    "7": "A sender MUST NOT send a message that has no transition in its current state",
+    "8": "A side that receives invalid input ... MUST: stop processing input, send one fatal "
+    "`error` ... and close the connection.",
+    "12": "A side MUST NOT send a new kind to a peer whose `welcome`/`hello` announces a lower "
+    "minor version unless a capability says the peer understands it.",
+}
+
+
+class CheckFailed(Exception):
+    """The runner did not do what the check requires.
+
+    ``rule``: the spec's words the runner broke, when that is not the check's own
+    requirement (a frame that broke a general rule, in any check).
+    """
+
+    def __init__(self, expected: str, got: str, *, rule: str | None = None) -> None:
+        super().__init__(f"expected {expected}; got {got}")
+        self.expected = expected
+        self.got = got
+        self.rule = rule
+
+
+def violation(section: str, got: str, expected: str) -> CheckFailed:
+    return CheckFailed(expected, got, rule=f"{section.split()[0]}: {RULES[section]}")
+
+
+def summarize(value: Any, limit: int = 160) -> str:
+    """A one-line view of a decoded value, with byte strings and long texts cut."""
+    if type(value) is dict:
+        inner = ", ".join(f"{k!r}: {summarize(v, 60)}" for k, v in list(value.items())[:12])
+        text = "{" + inner + (", ..." if len(value) > 12 else "") + "}"
+    elif type(value) is list:
+        inner = ", ".join(summarize(v, 40) for v in value[:8])
+        text = "[" + inner + (", ..." if len(value) > 8 else "") + "]"
+    elif type(value) is bytes:
+        text = repr(value[:48]) + (f"...({len(value)} bytes)" if len(value) > 48 else "")
+    else:
+        text = repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def hexdump(data: bytes, limit: int = 24) -> str:
+    shown = data[:limit].hex(" ")
+    return shown + (f" ... ({len(data)} bytes)" if len(data) > limit else "")
+
+
+class FrameLog:
+    """The frames of one check, both ways, with times: the first LOG_HEAD and the last
+    LOG_TAIL kept (a check that streams 64 MB logs a thousand frames)."""
+
+    def __init__(self) -> None:
+        self.start = trio.current_time()
+        self.head: list[str] = []
+        self.tail: deque[str] = deque(maxlen=LOG_TAIL)
+        self.count = 0
+
+    def add(self, who: str, text: str) -> None:
+        line = f"{trio.current_time() - self.start:8.3f} {who} {text}"
+        self.count += 1
+        if len(self.head) < LOG_HEAD:
+            self.head.append(line)
+        else:
+            self.tail.append(line)
+
+    def lines(self) -> list[str]:
+        omitted = self.count - len(self.head) - len(self.tail)
+        middle = [f"         ... {omitted} frames not shown ..."] if omitted > 0 else []
+        return [*self.head, *middle, *self.tail]
+
+
+@attrs.define
+class OpTrack:
+    """What the kit knows of one op it opened."""
+
+    kind: str
+    allow_stdin: bool
+    #: Sent while the kit saw another op in flight (the runner may reject it as busy).
+    sent_busy: bool
+    state: str = "sent"  # sent -> running -> done | rejected
+    input_pending: bool = False
+
+
+@attrs.define
+class OpResult:
+    """Everything the runner sent for one op."""
+
+    op: int
+    events: list[Message] = attrs.Factory(list)
+    done: Done | None = None
+    rejected: Error | None = None
+
+    def data(self, stream: str) -> bytes:
+        return b"".join(e.data for e in self.events if type(e) is Output and e.stream == stream)
+
+    @property
+    def stdout(self) -> bytes:
+        return self.data("stdout")
+
+    @property
+    def stderr(self) -> bytes:
+        return self.data("stderr")
+
+    @property
+    def status(self) -> str | None:
+        return None if self.done is None else self.done.status
+
+    @property
+    def error_type(self) -> str | None:
+        if self.done is None or self.done.error is None:
+            return None
+        return self.done.error.get("type")
+
+    def describe(self) -> str:
+        if self.rejected is not None:
+            return f"op {self.op} rejected: {summarize(self.rejected.to_wire())}"
+        if self.done is None:
+            return f"op {self.op} with no done"
+        text = f"done {summarize(self.done.to_wire(), 300)}"
+        for name in ("stdout", "stderr"):
+            data = self.data(name)
+            if data:
+                text += f", {name} {summarize(data, 120)}"
+        return text
+
+
+InputHandler = Callable[[InputRequest], "str | None"]
+
+
+class Peer:
+    """One runner process started for a check, and the kit's connection to it."""
+
+    def __init__(self, command: Sequence[str], log: FrameLog, name: str) -> None:
+        self.command = list(command)
+        self.log = log
+        self.name = name
+        self.process: trio.Process | None = None
+        self._buffer = bytearray()
+        self._eof = False
+        self.stderr_tail = bytearray()
+        self.welcome: Welcome | None = None
+        #: The largest body the kit accepts; the hello announces it.
+        self.max_frame = DEFAULT_MAX_FRAME
+        #: The largest body the runner accepts (from its welcome).
+        self.runner_max_frame = HANDSHAKE_MAX_FRAME
+        self.notes: list[str] = []
+        #: What the check is waiting for, for the report when its time runs out.
+        self.waiting_for = "the runner to start"
+        self._next_op = 0
+        self._next_token = 0
+        # The model of the connection, from the kit's side.
+        self.state = "new"  # new, hello-sent, open, closing, error
+        self.fatal: Error | None = None
+        self.ops: dict[int, OpTrack] = {}
+        self.in_flight: int | None = None
+        self.pings: set[int] = set()
+        self.answered_pings: set[int] = set()
+
+    # -- the process ------------------------------------------------------------------------
+
+    async def start(self, nursery: trio.Nursery) -> None:
+        self.process = await trio.lowlevel.open_process(
+            self.command,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            start_new_session=True,
+        )
+        nursery.start_soon(self._drain_stderr)
+
+    async def _drain_stderr(self) -> None:
+        assert self.process is not None and self.process.stderr is not None
+        with contextlib.suppress(trio.ClosedResourceError, trio.BrokenResourceError):
+            while True:
+                chunk = await self.process.stderr.receive_some(65536)
+                if not chunk:
+                    return
+                self.stderr_tail += chunk
+                del self.stderr_tail[:-STDERR_TAIL]
+
+    @property
+    def returncode(self) -> int | None:
+        return None if self.process is None else self.process.returncode
+
+    async def wait_exit(self, within: float = EXIT_BOUND) -> int | None:
+        """The exit status, or None if the runner is still running after ``within`` s."""
+        assert self.process is not None
+        with trio.move_on_after(within):
+            await self.process.wait()
+        return self.process.returncode
+
+    async def aclose(self) -> None:
+        """End the runner and everything in its process group; bounded, even if cancelled."""
+        if self.process is None:
+            return
+        process = self.process
+        with trio.CancelScope(shield=True):
+            await self.close_input()
+            if process.returncode is None:
+                # Closing the stream asks a runner to exit; give it a moment to do so.
+                with trio.move_on_after(0.5):
+                    await process.wait()
+            with contextlib.suppress(OSError):
+                os.killpg(process.pid, signal.SIGKILL)
+            if process.returncode is None:
+                process.kill()
+                await process.wait()
+            for stream in (process.stdout, process.stderr):
+                if stream is not None:
+                    await stream.aclose()
+
+    # -- sending ----------------------------------------------------------------------------
+
+    def new_op(self) -> int:
+        self._next_op += 1
+        return self._next_op
+
+    def skip_ops(self, to: int) -> None:
+        """Make the next op id ``to + 1``."""
+        self._next_op = max(self._next_op, to)
+
+    def new_token(self) -> int:
+        self._next_token += 1
+        return self._next_token
+
+    async def send(self, message: Message | dict[str, Any], *, track: bool = True) -> None:
+        """Send one message (a map may be anything msgpack can encode, valid or not).
+
+        ``track``: the kit expects the runner to treat it as valid, and updates its model;
+        a check sending something invalid on purpose passes False.
+        """
+        value = message.to_wire() if isinstance(message, Message) else message
+        body = pack_body(value)
+        self.log.add(f"{self.name}C", summarize(value, 300))
+        if track:
+            self._on_send(value)
+        await self._write(_HEADER.pack(len(body)) + body)
+
+    async def send_raw(self, data: bytes, what: str) -> None:
+        self.log.add(f"{self.name}C", f"raw bytes ({what}): {hexdump(data)}")
+        await self._write(data)
+
+    async def _write(self, data: bytes) -> None:
+        assert self.process is not None and self.process.stdin is not None
+        try:
+            await self.process.stdin.send_all(data)
+        except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
+            raise CheckFailed(
+                "the runner to read what the kit sends",
+                f"the stream closed while the kit was writing ({exc or type(exc).__name__}); "
+                f"{self._ended()}",
+            ) from None
+
+    async def close_input(self) -> None:
+        """Close the kit's sending side: the runner reads end of stream."""
+        assert self.process is not None
+        if self.process.stdin is not None:
+            with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
+                await self.process.stdin.aclose()
+
+    def _on_send(self, value: dict[str, Any]) -> None:
+        kind = value.get("kind")
+        if kind == "hello":
+            self.state = "hello-sent"
+            self.max_frame = value.get("max_frame", self.max_frame)
+        elif kind in ("exec", "eval"):
+            op = value["op"]
+            busy = self.in_flight is not None or any(t.state == "sent" for t in self.ops.values())
+            self.ops[op] = OpTrack(kind, bool(value.get("allow_stdin")), busy)
+        elif kind == "input_reply":
+            track = self.ops.get(value["op"])
+            if track is not None:
+                track.input_pending = False
+        elif kind == "ping":
+            self.pings.add(value["token"])
+        elif kind == "shutdown":
+            self.state = "closing"
+
+    # -- receiving --------------------------------------------------------------------------
+
+    async def _fill(self, n: int) -> bool:
+        assert self.process is not None and self.process.stdout is not None
+        while len(self._buffer) < n:
+            chunk = await self.process.stdout.receive_some(max(65536, n - len(self._buffer)))
+            if not chunk:
+                self._eof = True
+                return False
+            self._buffer += chunk
+        return True
+
+    async def receive(self, waiting_for: str = "a frame") -> Message | None:
+        """The next message, held to every rule; None at a clean end of stream."""
+        self.waiting_for = waiting_for
+        if not await self._fill(4):
+            if self._buffer:
+                raise violation(
+                    "3.1",
+                    f"the stream ended after {len(self._buffer)} bytes of a frame header: "
+                    f"{hexdump(bytes(self._buffer))}",
+                    "whole frames",
+                )
+            self.log.add(f"{self.name}R", "end of stream")
+            return None
+        (length,) = _HEADER.unpack_from(self._buffer)
+        limit = (
+            self.max_frame if self.state in ("open", "closing", "error") else HANDSHAKE_MAX_FRAME
+        )
+        if length == 0:
+            self.log.add(f"{self.name}R", "frame of length 0")
+            raise violation("3.1", "a frame of length 0 (no body)", "a body of one msgpack value")
+        if length > limit:
+            self.log.add(f"{self.name}R", f"frame header announcing {length} bytes")
+            raise violation(
+                "3.3",
+                f"a frame announcing {length} bytes, over the kit's max_frame of {limit}",
+                f"frames of at most {limit} bytes",
+            )
+        if not await self._fill(4 + length):
+            got = len(self._buffer) - 4
+            self.log.add(f"{self.name}R", f"truncated frame: {got} of {length} bytes")
+            raise violation(
+                "3.1",
+                f"the stream ended {got} bytes into a frame of {length}",
+                "whole frames",
+            )
+        body = bytes(self._buffer[4 : 4 + length])
+        del self._buffer[: 4 + length]
+        message = self._check_frame(body)
+        self._check_model(message)
+        return message
+
+    def _check_frame(self, body: bytes) -> Message:
+        """Decode one body and hold it to sections 3 and 4, or raise CheckFailed."""
+        try:
+            value = unpack_body(body, self.max_frame)
+        except RemoteProtocolError as exc:
+            self.log.add(f"{self.name}R", f"undecodable body: {hexdump(body)}")
+            raise violation(
+                "3.1", f"a body the kit cannot decode: {exc}", "one msgpack map"
+            ) from None
+        self.log.add(f"{self.name}R", summarize(value, 300))
+        if type(value) is not dict:
+            raise violation("4.1", f"a body holding {summarize(value)}", "a msgpack map")
+        shape = read_shape(body)
+        for key in shape.keys:
+            if type(key) is not str:
+                raise violation("3.2 keys", f"the key {key!r} in the message map", "str keys")
+        if shape.duplicates:
+            level, key = shape.duplicates[0]
+            raise violation(
+                "3.2 duplicates",
+                f"the key {key!r} twice in one map (nesting level {level})",
+                "each key once per map",
+            )
+        if shape.depth > SENDER_MAX_NESTING:
+            raise violation(
+                "3.2 nesting",
+                f"containers nested {shape.depth} levels deep",
+                f"at most {SENDER_MAX_NESTING} levels",
+            )
+        kind = value.get("kind")
+        if shape.long_encodings:
+            offset, what = shape.long_encodings[0]
+            self.note(
+                f"3.2 (SHOULD): a {kind!r} frame uses a longer encoding than needed: {what} "
+                f"at byte {offset}"
+                + (
+                    f" (and {len(shape.long_encodings) - 1} more)"
+                    if len(shape.long_encodings) > 1
+                    else ""
+                )
+            )
+        if shape.keys and shape.keys[0] != "kind":
+            self.note(f"4.1 (SHOULD): a {kind!r} frame does not write 'kind' first: {shape.keys}")
+        try:
+            message = message_from_wire(value)
+        except RemoteProtocolError as exc:
+            raise violation("4.2", f"an invalid message: {exc}", "a valid message") from None
+        if type(message) is UnknownMessage:
+            raise violation(
+                "12",
+                f"a message of kind {message.kind!r}, which protocol 1.1 does not define",
+                "only kinds of the client's version",
+            )
+        if message.SENDER == "client":
+            raise violation(
+                "7", f"a {message.KIND!r} message, which only a client sends", "runner messages"
+            )
+        return message
+
+    def note(self, text: str) -> None:
+        if text not in self.notes and len(self.notes) < 20:
+            self.notes.append(text)
+
+    def _check_model(self, msg: Message) -> None:
+        """Hold a decoded message to the state machines of section 7, or raise CheckFailed."""
+        kind = msg.KIND
+        if self.fatal is not None:
+            raise violation(
+                "8",
+                f"a {kind!r} message after its fatal error {summarize(self.fatal.to_wire())}",
+                "the runner to close the connection after a fatal error",
+            )
+        if self.state == "new":
+            raise violation("5", f"a {kind!r} message before the kit sent hello", "nothing")
+        if type(msg) is Error:
+            if msg.fatal:
+                self.fatal = msg
+                self.state = "error"
+            elif msg.op is not None:
+                self._on_reject(msg)
+            return
+        if self.state == "hello-sent":
+            if type(msg) is not Welcome:
+                raise violation("7", f"a {kind!r} message before the welcome", "welcome")
+            self._on_welcome(msg)
+            return
+        if type(msg) is Welcome:
+            raise violation("7", "a second welcome", "one welcome per connection")
+        if type(msg) is Pong:
+            if msg.token not in self.pings or msg.token in self.answered_pings:
+                raise violation(
+                    "7",
+                    f"a pong with token {msg.token}, which no unanswered ping carried",
+                    "one pong per ping, with its token",
+                )
+            self.answered_pings.add(msg.token)
+            return
+        self._on_op_message(msg)
+
+    def _on_welcome(self, msg: Welcome) -> None:
+        self.welcome = msg
+        self.state = "open" if self.state == "hello-sent" else self.state
+        if not 65536 <= msg.max_frame <= 0xFFFFFFFF:
+            raise violation(
+                "4.2",
+                f"a welcome announcing max_frame {msg.max_frame}",
+                "max_frame between 65536 and 4294967295",
+            )
+        self.runner_max_frame = msg.max_frame
+
+    def _on_reject(self, msg: Error) -> None:
+        assert msg.op is not None
+        track = self.ops.get(msg.op)
+        if track is None or track.state != "sent":
+            what = "an op the kit never opened" if track is None else f"an op that is {track.state}"
+            raise violation(
+                "7",
+                f"a rejection ({msg.code}) of op {msg.op}, {what}",
+                "a rejection only as the first and only message about an op",
+            )
+        track.state = "rejected"
+
+    def _on_op_message(self, msg: Message) -> None:
+        op: int = msg.op  # type: ignore[attr-defined]
+        track = self.ops.get(op)
+        if track is None:
+            raise violation(
+                "7",
+                f"a {msg.KIND!r} for op {op}, which the kit never opened",
+                "messages about open ops",
+            )
+        if track.state in ("done", "rejected"):
+            raise violation(
+                "7",
+                f"a {msg.KIND!r} for op {op} after its "
+                + ("done" if track.state == "done" else "rejection"),
+                "nothing about an op after its end",
+            )
+        if self.in_flight is None:
+            self.in_flight = op
+            track.state = "running"
+        elif self.in_flight != op:
+            raise violation(
+                "7",
+                f"a {msg.KIND!r} for op {op} while op {self.in_flight} is in flight",
+                f"messages about op {self.in_flight} until its done",
+            )
+        track.state = "running"
+        if type(msg) is InputRequest:
+            if not track.allow_stdin:
+                raise violation(
+                    "7",
+                    f"an input_request for op {op}, whose {track.kind} did not allow stdin",
+                    "EOFError in the code, no input_request (section 6.6)",
+                )
+            if track.input_pending:
+                raise violation(
+                    "7",
+                    f"a second input_request for op {op} before the kit answered the first",
+                    "at most one outstanding input_request",
+                )
+            track.input_pending = True
+        elif type(msg) is Done:
+            track.state = "done"
+            track.input_pending = False
+            self.in_flight = None
+
+    def _ended(self) -> str:
+        code = self.returncode
+        if code is None:
+            return "the runner is still running"
+        from .._errors import describe_exit
+
+        return f"the runner {describe_exit(code)}"
+
+    # -- helpers for checks -----------------------------------------------------------------
+
+    async def expect(self, what: str, *kinds: str) -> Message:
+        """The next message, which must be one of ``kinds`` (a kind, or ``error/fatal``,
+        ``error/reject``, ``error/notice``)."""
+        msg = await self.receive(what)
+        if msg is None:
+            raise CheckFailed(what, f"the end of the stream; {self._ended()}")
+        if kinds and key_of(msg) not in kinds and msg.KIND not in kinds:
+            raise CheckFailed(what, describe(msg))
+        return msg
+
+    async def handshake(self, **fields: Any) -> Welcome:
+        """Send a hello (the kit's own, with ``fields`` over it) and expect the welcome."""
+        hello: dict[str, Any] = {
+            "kind": "hello",
+            "version": list(KIT_VERSION),
+            "impl_name": "execpy-conformance",
+            "impl_version": "1",
+            "max_frame": DEFAULT_MAX_FRAME,
+        }
+        hello.update(fields)
+        await self.send(hello)
+        msg = await self.expect("a welcome", "welcome")
+        assert type(msg) is Welcome
+        return msg
+
+    async def start_op(
+        self, code: str | None = None, *, expr: str | None = None, **fields: Any
+    ) -> int:
+        op = fields.pop("op", None) or self.new_op()
+        if expr is not None:
+            await self.send({"kind": "eval", "op": op, "expr": expr, **fields})
+        else:
+            await self.send({"kind": "exec", "op": op, "code": code, **fields})
+        return op
+
+    async def collect(
+        self,
+        op: int,
+        *,
+        on_input: InputHandler | None = None,
+        until: Callable[[OpResult], bool] | None = None,
+        keep_output: bool = True,
+    ) -> OpResult:
+        """Read until op ``op`` ends (or ``until`` says stop), answering input requests with
+        ``on_input`` (an input request without a handler fails the check)."""
+        result = OpResult(op)
+        while True:
+            msg = await self.receive(f"the end of op {op} (its done)")
+            if msg is None:
+                raise CheckFailed(
+                    f"op {op} to end with a done",
+                    f"the end of the stream after {describe_events(result)}; {self._ended()}",
+                )
+            if type(msg) is Error:
+                if msg.fatal:
+                    raise CheckFailed(
+                        f"op {op} to end with a done", f"a fatal error: {describe(msg)}"
+                    )
+                if msg.op == op:
+                    result.rejected = msg
+                    return result
+                continue
+            if type(msg) is Pong:
+                continue
+            if getattr(msg, "op", None) != op:
+                raise CheckFailed(f"messages about op {op}", describe(msg))
+            if type(msg) is Output and not keep_output:
+                pass
+            else:
+                result.events.append(msg)
+            if type(msg) is Done:
+                result.done = msg
+                return result
+            if type(msg) is InputRequest:
+                if on_input is None:
+                    raise CheckFailed(f"op {op} to run without input", describe(msg))
+                text = on_input(msg)
+                await self.send({"kind": "input_reply", "op": op, "text": text})
+            if until is not None and until(result):
+                return result
+
+    async def run(self, code: str | None = None, **fields: Any) -> OpResult:
+        """Run one op to its end (``expr=`` for an eval)."""
+        on_input = fields.pop("on_input", None)
+        op = await self.start_op(code, **fields)
+        return await self.collect(op, on_input=on_input)
+
+    async def barrier(self) -> list[Message]:
+        """Ping and read up to the pong; what came before it is returned."""
+        token = self.new_token()
+        await self.send({"kind": "ping", "token": token})
+        seen: list[Message] = []
+        while True:
+            msg = await self.receive(f"the pong for ping {token}")
+            if msg is None:
+                raise CheckFailed(
+                    f"a pong for ping {token}", f"the end of the stream; {self._ended()}"
+                )
+            if type(msg) is Pong and msg.token == token:
+                return seen
+            seen.append(msg)
+
+    async def expect_fatal(self, what: str, codes: Sequence[str]) -> Error:
+        """Expect a fatal error with one of ``codes``, then the end of the stream."""
+        msg = await self.receive(what)
+        if msg is None:
+            raise CheckFailed(what, f"the end of the stream with no error frame; {self._ended()}")
+        if not (type(msg) is Error and msg.fatal and msg.code in codes):
+            raise CheckFailed(what, describe(msg))
+        await self.expect_end(f"the runner to close the stream after its {msg.code!r} error")
+        return msg
+
+    async def expect_end(self, what: str, within: float = EXIT_BOUND) -> None:
+        """Expect the end of the stream within ``within`` s (no frames before it)."""
+        with trio.move_on_after(within) as scope:
+            msg = await self.receive(what)
+            if msg is not None:
+                raise CheckFailed(what, describe(msg))
+        if scope.cancelled_caught:
+            raise CheckFailed(what, f"the stream still open after {within:g} s")
+
+    async def expect_exit(self, what: str, within: float = EXIT_BOUND) -> int:
+        code = await self.wait_exit(within)
+        if code is None:
+            raise CheckFailed(what, f"the runner still running {within:g} s later")
+        return code
+
+    async def nothing_for(self, seconds: float, what: str) -> None:
+        """Fail if anything arrives within ``seconds`` (the end of the stream included)."""
+        with trio.move_on_after(seconds):
+            msg = await self.receive(what)
+            raise CheckFailed(what, "the end of the stream" if msg is None else describe(msg))
+
+
+def key_of(msg: Message) -> str:
+    if type(msg) is Error:
+        return (
+            "error/fatal" if msg.fatal else "error/reject" if msg.op is not None else "error/notice"
+        )
+    return msg.KIND
+
+
+def describe(msg: Message) -> str:
+    if type(msg) is UnknownMessage:
+        return f"a {msg.kind!r} message"
+    return f"{msg.KIND} {summarize(msg.to_wire(), 300)}"
+
+
+def describe_events(result: OpResult) -> str:
+    if not result.events:
+        return "no messages for the op"
+    return f"{len(result.events)} messages for the op (last: {describe(result.events[-1])})"

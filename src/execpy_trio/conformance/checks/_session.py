@@ -1,0 +1,320 @@
+"""Sections 2, 6.8, 6.9, 7.3, 7.4 and 10: ping, shutdown, the end of the stream, replies
+that cross, the runner's descriptors and exit statuses."""
+
+from __future__ import annotations
+
+import trio
+
+from ...protocol import Done, Pong
+from .._context import Context, require
+from .._peer import CheckFailed, Peer
+from .._registry import MUST, SHOULD, check
+from ._util import expect_status, expect_value, raw_frame, still_works
+
+_EOF = "a runner that reads end-of-stream MUST interrupt any running op and exit (section 10)."
+_PROMPTLY = (
+    "The runner answers every `ping` with a `pong` carrying the same token, promptly, even "
+    "while an op runs."
+)
+_SHUTDOWN = (
+    "The runner interrupts the op in flight, if any (as for `cancel`), sends its `done`, and "
+    "then closes the connection and exits (status 0)."
+)
+#: How long a pong may take while the runner is busy.
+PONG_BOUND = 2.0
+
+
+async def _eof_exits(peer: Peer) -> None:
+    await peer.close_input()
+    with trio.move_on_after(5.0):
+        while await peer.receive("the end of the stream") is not None:
+            pass
+    await peer.expect_exit("the runner to exit after the end of the stream")
+
+
+@check("2/eof-idle", MUST, "closing the stream when idle makes the runner exit", _EOF)
+async def eof_idle(ctx: Context) -> None:
+    peer = await ctx.connect()
+    await _eof_exits(peer)
+
+
+@check(
+    "2/eof-busy",
+    MUST,
+    "closing the stream while an op sleeps or spins makes the runner exit",
+    _EOF,
+)
+async def eof_busy(ctx: Context) -> None:
+    for code in (
+        "import time\nprint('go', flush=True)\ntime.sleep(60)",
+        "print('go', flush=True)\nwhile True:\n    x = 1",
+    ):
+        peer = await ctx.connect()
+        op = await peer.start_op(code)
+        await peer.collect(op, until=lambda r: bool(r.stdout))
+        await _eof_exits(peer)
+
+
+@check(
+    "2/eof-input-wait",
+    MUST,
+    "closing the stream while the code waits for input makes the runner exit",
+    _EOF,
+    needs=("stdin",),
+)
+async def eof_input_wait(ctx: Context) -> None:
+    peer = await ctx.connect()
+    await peer.start_op("input('x? ')", allow_stdin=True)
+    await peer.expect("an input_request", "input_request")
+    await _eof_exits(peer)
+
+
+@check(
+    "7.4/truncated-frame",
+    MUST,
+    "the end of the stream inside a frame gets a fatal truncated-frame error, and exit status 3",
+    "End of stream in the middle of a frame is invalid (`truncated-frame`), in any state, even "
+    "during an op: the receiver sends a fatal `truncated-frame` error",
+)
+async def truncated_frame(ctx: Context) -> None:
+    peer = await ctx.connect()
+    frame = raw_frame(b"\x82\xa4kind\xa4ping\xa5token\x01")
+    await peer.send_raw(frame[:9], "the first 9 bytes of a ping frame")
+    await peer.close_input()
+    await peer.expect_fatal("a fatal 'truncated-frame' error", ("truncated-frame",))
+    code = await peer.expect_exit("the runner to exit")
+    require(code == 3, "exit status 3 (a protocol error)", f"exit status {code}")
+
+
+@check("6.8/ping-idle", MUST, "a ping when idle gets a pong with its token", _PROMPTLY)
+async def ping_idle(ctx: Context) -> None:
+    peer = await ctx.connect()
+    for token in (1, 2**63 - 1, 0):
+        await peer.send({"kind": "ping", "token": token})
+        msg = await peer.expect(f"a pong with token {token}", "pong")
+        require(type(msg) is Pong and msg.token == token, f"token {token}", repr(msg))
+
+
+@check(
+    "6.8/ping-busy",
+    MUST,
+    f"pings while an op sleeps or spins get their pongs within {PONG_BOUND:g} s each",
+    _PROMPTLY,
+)
+async def ping_busy(ctx: Context) -> None:
+    for code in (
+        "import time\nprint('go', flush=True)\ntime.sleep(60)",
+        "print('go', flush=True)\nwhile True:\n    x = 1",
+    ):
+        peer = await ctx.connect()
+        op = await peer.start_op(code)
+        await peer.collect(op, until=lambda r: bool(r.stdout))
+        for _ in range(3):
+            token = peer.new_token()
+            await peer.send({"kind": "ping", "token": token})
+            with trio.move_on_after(PONG_BOUND) as scope:
+                await peer.expect(f"a pong for ping {token}", "pong")
+            if scope.cancelled_caught:
+                raise CheckFailed(
+                    f"a pong for ping {token} while the op runs", f"none within {PONG_BOUND:g} s"
+                )
+
+
+@check(
+    "6.9/shutdown-idle", MUST, "shutdown when idle closes the stream; the runner exits 0", _SHUTDOWN
+)
+async def shutdown_idle(ctx: Context) -> None:
+    peer = await ctx.connect()
+    await peer.send({"kind": "shutdown"})
+    await peer.expect_end("the runner to close the stream")
+    code = await peer.expect_exit("the runner to exit")
+    require(code == 0, "exit status 0", f"exit status {code}")
+
+
+@check(
+    "6.9/shutdown-busy",
+    MUST,
+    "shutdown during an op interrupts it, sends its done, closes; the runner exits 0",
+    _SHUTDOWN,
+    needs=("interrupt",),
+)
+async def shutdown_busy(ctx: Context) -> None:
+    peer = await ctx.connect()
+    op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
+    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.send({"kind": "shutdown"})
+    expect_status(await peer.collect(op), "cancelled")
+    await peer.expect_end("the runner to close the stream after the done")
+    code = await peer.expect_exit("the runner to exit")
+    require(code == 0, "exit status 0", f"exit status {code}")
+
+
+_SLOW_TO_STOP = (
+    "import time\n"
+    "try:\n"
+    "    print('go', flush=True)\n"
+    "    time.sleep(60)\n"
+    "except KeyboardInterrupt:\n"
+    "    time.sleep(1.5)\n"
+    "'stopped'"
+)
+
+
+@check(
+    "6.9/ping-while-closing",
+    MUST,
+    "a ping after shutdown, while the op finishes, gets its pong; the op gets its done; the "
+    "runner exits 0",
+    "A `ping` in CLOSING (since 1.1; in 1.0 it was invalid) is answered while the op is still "
+    "finishing.",
+    needs=("interrupt",),
+    since=(1, 1),
+)
+async def ping_while_closing(ctx: Context) -> None:
+    peer = await ctx.connect()
+    op = await peer.start_op(_SLOW_TO_STOP)
+    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.send({"kind": "shutdown"})
+    await peer.send({"kind": "ping", "token": 77})
+    msg = await peer.expect("a pong for ping 77 before the done", "pong")
+    require(type(msg) is Pong and msg.token == 77, "token 77", repr(msg))
+    expect_value(await peer.collect(op), "'stopped'")
+    await peer.expect_end("the runner to close the stream after the done")
+    code = await peer.expect_exit("the runner to exit")
+    require(code == 0, "exit status 0", f"exit status {code}")
+
+
+@check(
+    "6.9/request-after-shutdown",
+    MUST,
+    "an exec after shutdown gets a fatal unexpected-message error, no done for the op in "
+    "flight, and exit status 3",
+    "Anything else is invalid (`unexpected-message`): the runner sends a fatal `error`, sends "
+    "no `done` for the op in flight, and exits with status 3.",
+    needs=("interrupt",),
+)
+async def request_after_shutdown(ctx: Context) -> None:
+    peer = await ctx.connect()
+    op = await peer.start_op(_SLOW_TO_STOP)
+    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.send({"kind": "shutdown"})
+    await peer.send({"kind": "exec", "op": op + 1, "code": "x = 1"}, track=False)
+    await peer.expect_fatal("a fatal 'unexpected-message' error", ("unexpected-message",))
+    code = await peer.expect_exit("the runner to exit")
+    require(code == 3, "exit status 3", f"exit status {code}")
+
+
+@check(
+    "6.9/eof-after-shutdown",
+    MUST,
+    "the end of the stream after shutdown, while the op finishes, makes the runner exit with "
+    "no done, status 5",
+    "it interrupts the op, sends nothing more (no `done`), and exits with status 5.",
+    needs=("interrupt",),
+)
+async def eof_after_shutdown(ctx: Context) -> None:
+    peer = await ctx.connect()
+    op = await peer.start_op(_SLOW_TO_STOP)
+    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.send({"kind": "shutdown"})
+    await peer.close_input()
+    while True:
+        msg = await peer.receive("the end of the stream, with no done")
+        if msg is None:
+            break
+        if type(msg) is Done:
+            raise CheckFailed("no done after the client closed its side", repr(msg))
+    code = await peer.expect_exit("the runner to exit")
+    require(code == 5, "exit status 5", f"exit status {code}")
+
+
+@check(
+    "7.3/reply-without-request",
+    MUST,
+    "an input_reply for the op in flight with no request pending gets a fatal "
+    "unexpected-message error",
+    "Any other combination is invalid (`unexpected-message`): for example `input_reply` with no "
+    "request pending",
+)
+async def reply_without_request(ctx: Context) -> None:
+    peer = await ctx.connect()
+    op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
+    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.send({"kind": "input_reply", "op": op, "text": "unasked"}, track=False)
+    await peer.expect_fatal("a fatal 'unexpected-message' error", ("unexpected-message",))
+
+
+@check(
+    "7.3/crossed-replies",
+    MUST,
+    "an input_reply or a cancel naming an op that already ended is ignored",
+    "`cancel` or `input_reply` from the client naming an op id not greater than the last op "
+    "opened: ignored (it crossed with the op's end)",
+)
+async def crossed_replies(ctx: Context) -> None:
+    peer = await ctx.connect()
+    first = await peer.run("x = 1")
+    expect_status(first, "ok")
+    expect_status(await peer.run("y = 2"), "ok")
+    await peer.send({"kind": "input_reply", "op": first.op, "text": "late"})
+    await peer.send({"kind": "cancel", "op": first.op})
+    seen = await peer.barrier()
+    require(not seen, "nothing in answer", repr(seen))
+    await still_works(peer)
+
+
+@check(
+    "10/fd-safety",
+    MUST,
+    "user code writing frame-like bytes to, reading from, or closing fds 0, 1 and 2 does not "
+    "disturb the protocol",
+    "User code may write to, read from or close 0, 1 and 2 without disturbing the protocol.",
+)
+async def fd_safety(ctx: Context) -> None:
+    peer = await ctx.connect()
+    code = (
+        "import os\n"
+        "os.write(1, b'\\x00\\x00\\x00\\x05\\x81\\xa4kind\\xc0 not a frame\\n')\n"
+        "os.write(2, b'\\x00\\x00\\x00\\x01\\xc1')\n"
+        "os.read(0, 100)"
+    )
+    expect_status(await peer.run(code), "ok")
+    expect_status(await peer.run("import os\nfor fd in (0, 1, 2):\n    os.close(fd)"), "ok")
+    await peer.barrier()
+    await still_works(peer)
+
+
+@check(
+    "10/stdin-eof",
+    SHOULD,
+    "file descriptor 0 of the code reads end of file",
+    "Descriptors 1 and 2 are pipes read by the runner (section 6.5); descriptor 0 reads end of "
+    "file.",
+)
+async def stdin_eof(ctx: Context) -> None:
+    peer = await ctx.connect()
+    expect_value(await peer.run("import os\nos.read(0, 100)"), "b''")
+
+
+@check(
+    "10/exit-status",
+    SHOULD,
+    "the runner exits 0 at a clean end of stream, 3 after a protocol error, 5 when the stream "
+    "ends while an op runs",
+    "Exit status (this implementation; others SHOULD follow it): 0 after `shutdown`",
+)
+async def exit_status(ctx: Context) -> None:
+    peer = await ctx.connect()
+    await peer.close_input()
+    code = await peer.expect_exit("the runner to exit after a clean end of stream")
+    require(code == 0, "exit status 0 after a clean end of stream", f"exit status {code}")
+    peer = await ctx.connect()
+    await peer.send_raw(raw_frame(b"\xc1"), "a body of one reserved byte")
+    code = await peer.expect_exit("the runner to exit after a protocol error")
+    require(code == 3, "exit status 3 after a protocol error", f"exit status {code}")
+    peer = await ctx.connect()
+    op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
+    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.close_input()
+    code = await peer.expect_exit("the runner to exit after the stream ended mid-op")
+    require(code == 5, "exit status 5 when the stream ends mid-op", f"exit status {code}")
