@@ -79,6 +79,18 @@ def _parser() -> tuple[argparse.ArgumentParser, argparse.ArgumentParser]:
         metavar="FILE | - [ARGS...]",
         help="the file to run (- for stdin) and its arguments (sys.argv[1:])",
     )
+    conformance = commands.add_parser(
+        "conformance",
+        help="check a runner (any command speaking the protocol on stdio) against the spec",
+        usage="execpy conformance [--list] [--json] [--junit FILE] [-k PATTERN] [--timeout S] "
+        "[--strict] -- COMMAND [ARGS...]",
+        description="Check the runner that COMMAND starts (speaking the protocol on its "
+        "stdin and stdout) against spec/protocol.md. Exit 0 when every MUST check passes "
+        "(--strict: SHOULD too), 1 when one fails, 2 for a usage error.",
+    )
+    from .conformance._cli import add_arguments
+
+    add_arguments(conformance)
     return parser, run
 
 
@@ -99,6 +111,10 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
     if args.command is None:
         parser.error("give a command: execpy run FILE | - | -c CODE (see execpy run --help)")
+    if args.command == "conformance":
+        from .conformance._cli import run as run_conformance
+
+        return run_conformance(args)
     if extra:
         run.error(f"unrecognized arguments: {' '.join(extra)}")
     program: list[str] = args.program

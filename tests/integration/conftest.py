@@ -12,7 +12,12 @@ from execpy_trio.launch import LocalLauncher
 from execpy_trio.launch._forkserver import can_fork, shared_launcher
 
 #: Files whose tests are about one launcher: run once, with the launcher they choose.
-ONE_LAUNCHER = {"test_sandbox.py", "test_manager_runner.py", "test_forkserver.py"}
+ONE_LAUNCHER = {
+    "test_sandbox.py",
+    "test_manager_runner.py",
+    "test_forkserver.py",
+    "test_conformance_runner.py",  # stdio commands, no launcher
+}
 
 
 def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show notes of passing checks")
     parser.add_argument(
-        "command",
+        "runner_command",
         nargs=argparse.REMAINDER,
         metavar="-- COMMAND [ARGS...]",
         help="the command that starts the runner in stdio mode, e.g. "
@@ -83,7 +83,7 @@ def _usage(message: str) -> int:
 
 
 def run(args: argparse.Namespace) -> int:
-    command = list(args.command)
+    command = list(args.runner_command)
     if command[:1] == ["--"]:
         command = command[1:]
     try:
@@ -99,7 +99,7 @@ def run(args: argparse.Namespace) -> int:
                 needs = f"  (needs {', '.join(c.needs)})" if c.needs else ""
                 since = f"  (since {c.since[0]}.{c.since[1]})" if c.since > (1, 0) else ""
                 print(f"{c.level:6}  {c.id:{width}}  {c.summary}{needs}{since}")
-            print(f"{len(checks)} checks")
+            print(f"{len(checks)} check{'' if len(checks) == 1 else 's'}")
         return EXIT_PASS
     if not command:
         return _usage(

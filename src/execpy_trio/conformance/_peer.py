@@ -52,7 +52,7 @@ LOG_TAIL = 60
 #: Bytes of the runner's own stderr kept for the report.
 STDERR_TAIL = 8192
 #: How long a runner has to exit once it has closed the stream or been told to.
-EXIT_BOUND = 5.0
+EXIT_BOUND = 3.0
 
 # The rules every frame is held to, quoted from spec/protocol.md by section.
 RULES = {
@@ -92,13 +92,18 @@ def violation(section: str, got: str, expected: str) -> CheckFailed:
     return CheckFailed(expected, got, rule=f"{section.split()[0]}: {RULES[section]}")
 
 
-def summarize(value: Any, limit: int = 160) -> str:
-    """A one-line view of a decoded value, with byte strings and long texts cut."""
-    if type(value) is dict:
-        inner = ", ".join(f"{k!r}: {summarize(v, 60)}" for k, v in list(value.items())[:12])
+def summarize(value: Any, limit: int = 160, depth: int = 0) -> str:
+    """A one-line view of a decoded value, with byte strings, long texts and deep nesting
+    cut (a runner may send 1024 levels)."""
+    if type(value) in (dict, list) and depth >= 6:
+        text = "{...}" if type(value) is dict else "[...]"
+    elif type(value) is dict:
+        inner = ", ".join(
+            f"{k!r}: {summarize(v, 60, depth + 1)}" for k, v in list(value.items())[:12]
+        )
         text = "{" + inner + (", ..." if len(value) > 12 else "") + "}"
     elif type(value) is list:
-        inner = ", ".join(summarize(v, 40) for v in value[:8])
+        inner = ", ".join(summarize(v, 40, depth + 1) for v in value[:8])
         text = "[" + inner + (", ..." if len(value) > 8 else "") + "]"
     elif type(value) is bytes:
         text = repr(value[:48]) + (f"...({len(value)} bytes)" if len(value) > 48 else "")
@@ -213,6 +218,7 @@ class Peer:
         self.notes: list[str] = []
         #: What the check is waiting for, for the report when its time runs out.
         self.waiting_for = "the runner to start"
+        self.writing = ""
         self._next_op = 0
         self._next_token = 0
         # The model of the connection, from the kit's side.
@@ -301,16 +307,22 @@ class Peer:
         self.log.add(f"{self.name}C", summarize(value, 300))
         if track:
             self._on_send(value)
-        await self._write(_HEADER.pack(len(body)) + body)
+        await self._write(
+            _HEADER.pack(len(body)) + body,
+            f"its {value.get('kind')!r}" if type(value) is dict else "",
+        )
 
     async def send_raw(self, data: bytes, what: str) -> None:
         self.log.add(f"{self.name}C", f"raw bytes ({what}): {hexdump(data)}")
-        await self._write(data)
+        await self._write(data, what)
 
-    async def _write(self, data: bytes) -> None:
+    async def _write(self, data: bytes, what: str = "") -> None:
         assert self.process is not None and self.process.stdin is not None
+        #: While a write blocks, the runner is not reading: that is what a timeout means.
+        self.writing = f"the runner to read what the kit sends ({what or f'{len(data)} bytes'})"
         try:
             await self.process.stdin.send_all(data)
+            self.writing = ""
         except (trio.BrokenResourceError, trio.ClosedResourceError) as exc:
             raise CheckFailed(
                 "the runner to read what the kit sends",
@@ -615,12 +627,13 @@ class Peer:
         on_input: InputHandler | None = None,
         until: Callable[[OpResult], bool] | None = None,
         keep_output: bool = True,
+        what: str = "",
     ) -> OpResult:
         """Read until op ``op`` ends (or ``until`` says stop), answering input requests with
         ``on_input`` (an input request without a handler fails the check)."""
         result = OpResult(op)
         while True:
-            msg = await self.receive(f"the end of op {op} (its done)")
+            msg = await self.receive(what or f"the end of op {op} (its done)")
             if msg is None:
                 raise CheckFailed(
                     f"op {op} to end with a done",

@@ -50,7 +50,7 @@ def text(report: Report, *, verbose: bool = False) -> str:
     if failures:
         out += ["", "FAILURES"]
         for r in failures:
-            out += ["", *_failure(r, report.strict)]
+            out += ["", *failure_lines(r, report.strict)]
     if verbose:
         noted = [r for r in report.results if r.notes and r.outcome != FAIL]
         for r in noted:
@@ -65,7 +65,7 @@ def text(report: Report, *, verbose: bool = False) -> str:
     return "\n".join(out) + "\n"
 
 
-def _failure(r: CheckResult, strict: bool) -> list[str]:
+def failure_lines(r: CheckResult, strict: bool) -> list[str]:
     check = r.check
     counted = "" if r.counts_against(strict) else " (not counted without --strict)"
     lines = [
@@ -177,7 +177,7 @@ def to_junit(report: Report) -> bytes:
         if r.outcome == SKIP:
             ElementTree.SubElement(case, "skipped", message=r.reason)
         elif r.outcome == FAIL:
-            detail = "\n".join(_failure(r, report.strict))
+            detail = "\n".join(failure_lines(r, report.strict))
             if r.counts_against(report.strict):
                 node = ElementTree.SubElement(case, "failure", message=r.reason)
             else:

@@ -3,6 +3,7 @@ fresh runner of its own, a few at a time, each within its time bound."""
 
 from __future__ import annotations
 
+import sys
 import traceback
 from collections.abc import Callable, Sequence
 
@@ -14,6 +15,9 @@ from ..protocol import Welcome
 from ._context import Context
 from ._peer import CheckFailed, FrameLog, Peer
 from ._registry import MUST, Check
+
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
 PASS = "pass"
 FAIL = "fail"
@@ -126,10 +130,17 @@ async def run_check(
             with trio.move_on_after(bound) as scope:
                 await check.function(ctx)
             if scope.cancelled_caught:
-                waiting = ctx.current.waiting_for if ctx.current else "the runner to start"
+                peer = ctx.current
+                waiting = (
+                    "the runner to start" if peer is None else peer.writing or peer.waiting_for
+                )
                 failure = CheckFailed(waiting, f"nothing within the check's {bound:g} s")
         except CheckFailed as exc:
             failure = exc
+        except BaseExceptionGroup as group:  # a check's own nursery
+            failure = _first_failure(group)
+            if failure is None:
+                raise
         except Exception:
             failure = CheckFailed(
                 "the kit to run the check",
@@ -155,6 +166,17 @@ async def run_check(
         runners=runners,
         duration=duration,
     )
+
+
+def _first_failure(group: BaseExceptionGroup[BaseException]) -> CheckFailed | None:
+    for exc in group.exceptions:
+        if isinstance(exc, CheckFailed):
+            return exc
+        if isinstance(exc, BaseExceptionGroup):
+            found = _first_failure(exc)
+            if found is not None:
+                return found
+    return None
 
 
 def _describe_runner(index: int, peer: Peer) -> str:

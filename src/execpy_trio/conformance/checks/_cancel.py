@@ -20,7 +20,7 @@ async def _cancel_when_started(peer: Peer, code: str) -> None:
     op = await peer.start_op(code)
     await peer.collect(op, until=lambda r: b"started" in r.stdout)
     await peer.send({"kind": "cancel", "op": op})
-    result = await peer.collect(op)
+    result = await peer.collect(op, what=f"the done 'cancelled' of op {op} after its cancel")
     expect_status(result, "cancelled")
     await still_works(peer)
 

@@ -77,7 +77,7 @@ async def busy(ctx: Context) -> None:
 
 
 @check(
-    "6.4/statements",
+    "4.2/exec-value-nil",
     MUST,
     "an exec of statements ends with exactly one done 'ok' whose value is nil",
     "`exec`: the `repr()` (a str) of the last expression statement's value, or nil when the "
@@ -108,7 +108,7 @@ async def value(ctx: Context) -> None:
 
 
 @check(
-    "6.4/namespace",
+    "1/namespace",
     MUST,
     "names bound by one exec (variables, functions, imports) are visible to the next",
     "It keeps one **namespace** across ops on the same connection: names bound by one `exec` "
@@ -135,7 +135,7 @@ async def main_module(ctx: Context) -> None:
 
 
 @check(
-    "6.4/exception",
+    "4.2/done-error",
     MUST,
     "an exception gives done 'error' with its type, its str() and a traceback showing the "
     "source line; the runner goes on",
@@ -287,7 +287,7 @@ async def eval_unsendable(ctx: Context) -> None:
 
 
 @check(
-    "6.5/eval-no-input",
+    "4.2/eval-no-input",
     MUST,
     "input() inside an eval raises EOFError",
     "`eval` never reads input: `input()` inside it raises `EOFError`.",

@@ -66,7 +66,7 @@ async def frame_format(ctx: Context) -> None:
 
 
 @check(
-    "3.1/malformed-body",
+    "8/malformed-body",
     MUST,
     "a body that is not valid msgpack gets a fatal bad-frame error, then the runner closes",
     "it MUST: stop processing input, send one fatal `error` whose `code` names the problem",
@@ -273,7 +273,7 @@ async def output_split(ctx: Context) -> None:
 
 
 @check(
-    "3.3/done-within-limit",
+    "6.5/done-within-limit",
     MUST,
     "a done whose value or error is larger than the client's max_frame is cut to fit",
     "The runner MUST NOT send a `done` over the client's `max_frame` (section 3.3).",

@@ -62,7 +62,7 @@ async def newer_minor(ctx: Context) -> None:
 
 
 @check(
-    "5/first-frame-not-hello",
+    "7.2/first-frame-not-hello",
     MUST,
     "a first frame other than hello gets a fatal unexpected-message error and a close",
     "Any (state, sender, key) not listed is invalid (`unexpected-message`).",
@@ -75,7 +75,7 @@ async def first_frame_not_hello(ctx: Context) -> None:
 
 
 @check(
-    "5/unknown-kind-first",
+    "4.1/unknown-kind-first",
     MUST,
     "a message of unknown kind before the handshake is complete gets a fatal "
     "unexpected-message error",
@@ -89,7 +89,7 @@ async def unknown_kind_first(ctx: Context) -> None:
 
 
 @check(
-    "5/second-hello",
+    "7.2/second-hello",
     MUST,
     "a hello after the welcome gets a fatal unexpected-message error",
     "Any (state, sender, key) not listed is invalid (`unexpected-message`).",

@@ -108,7 +108,7 @@ async def input_request(ctx: Context) -> None:
 
 
 @check(
-    "6.6/password",
+    "4.2/password-flag",
     MUST,
     "getpass.getpass() sends an input_request with password true",
     "true for `getpass.getpass()`",
@@ -135,7 +135,7 @@ async def password(ctx: Context) -> None:
     "6.6/input-eof",
     MUST,
     "an input_reply with nil text raises EOFError in the waiting code",
-    "nil means end of input: the waiting call raises `EOFError`",
+    "The reply's `text` is the line without its newline; nil means end of input.",
     needs=("stdin",),
 )
 async def input_eof(ctx: Context) -> None:

@@ -106,7 +106,8 @@ async def invalid_field(ctx: Context) -> None:
     "4.1/not-a-message",
     MUST,
     "a body that is not a map, or a map without a str kind, gets a fatal bad-message error",
-    "the body is not a map, has no str `kind`, or a field is missing or has the wrong type",
+    "Every message is a msgpack map. It MUST have a `kind` key whose value is a str naming the "
+    "message.",
 )
 async def not_a_message(ctx: Context) -> None:
     for request, what in (

@@ -7,7 +7,7 @@ import trio
 
 from ...protocol import Done, Pong
 from .._context import Context, require
-from .._peer import CheckFailed, Peer
+from .._peer import EXIT_BOUND, CheckFailed, Peer
 from .._registry import MUST, SHOULD, check
 from ._util import expect_status, expect_value, raw_frame, still_works
 
@@ -26,9 +26,14 @@ PONG_BOUND = 2.0
 
 async def _eof_exits(peer: Peer) -> None:
     await peer.close_input()
-    with trio.move_on_after(5.0):
+    with trio.move_on_after(EXIT_BOUND) as scope:
         while await peer.receive("the end of the stream") is not None:
             pass
+    if scope.cancelled_caught:
+        raise CheckFailed(
+            "the runner to close the stream once the kit closed its side",
+            f"the stream still open {EXIT_BOUND:g} s later",
+        )
     await peer.expect_exit("the runner to exit after the end of the stream")
 
 
