@@ -17,6 +17,8 @@ applies one defect:
     adds ``"x_mutant": 1`` to every message of the runner (unknown fields: still conforms).
 ``fewer-capabilities``
     removes ``"fd-capture"`` from the ``welcome``'s ``capabilities``.
+``only-exec``
+    announces only ``exec`` in the ``welcome`` (a correct runner of the fewest capabilities).
 ``forget-done``
     drops every ``done`` whose ``status`` is ``"cancelled"``.
 ``output-after-done``
@@ -75,6 +77,7 @@ DEFECTS = (
     "none",
     "extra-fields",
     "fewer-capabilities",
+    "only-exec",
     "forget-done",
     "output-after-done",
     "ignore-cancel",
@@ -303,6 +306,9 @@ class Proxy:
             if isinstance(caps, list) and "fd-capture" in caps:
                 msg["capabilities"] = [c for c in caps if c != "fd-capture"]
                 return [_pack(msg)]
+        if d == "only-exec" and kind == "welcome":
+            msg["capabilities"] = ["exec"]
+            return [_pack(msg)]
         if d == "forget-done" and kind == "done" and msg.get("status") == "cancelled":
             return []
         if d == "output-after-done" and kind == "done" and msg.get("status") == "error":

@@ -361,6 +361,23 @@ def test_text_json_and_junit_reports() -> None:
     assert "counted with --strict" in (cases[1].find("skipped").get("message") or "")  # type: ignore[union-attr]
 
 
+def test_progress_line_rewrites_itself() -> None:
+    import io
+
+    from execpy_trio.conformance._cli import _Progress
+
+    out = io.StringIO()
+    progress = _Progress(out)
+    by_id = {c.id: c for c in all_checks()}
+    progress(1, 2, CheckResult(by_id["6.7/cancel-sleep"], FAIL))
+    progress(2, 2, CheckResult(by_id["6.8/ping-idle"], PASS))
+    progress.clear()
+    text = out.getvalue()
+    assert "\r[  1/2] 1 failed; last: 6.7/cancel-sleep fail" in text
+    assert "[  2/2] 1 failed; last: 6.8/ping-idle pass" in text
+    assert text.endswith("\r") and "\n" not in text
+
+
 def _cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "execpy_trio.conformance", *args],

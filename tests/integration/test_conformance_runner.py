@@ -57,6 +57,7 @@ MUTANTS: dict[str, tuple[list[str] | None, set[str]]] = {
         {"6.1/stale-id-while-busy", "6.2/busy", "6.9/request-after-shutdown"},
     ),
     "fewer-capabilities": (None, set()),
+    "only-exec": (None, set()),
     # Broad or slow ones: their sections, and the control group.
     "extra-fields": (["3.", "6.6", "6.9"], set()),
     "output-after-done": (
@@ -131,6 +132,9 @@ async def test_each_broken_runner_fails_exactly_its_checks(defect: str) -> None:
     if defect == "fewer-capabilities":
         assert skipped == {"6.5/fd-writes", "6.5/child-output", "6.5/order-written"}
         assert all("'fd-capture'" in r.reason for r in report.results if r.outcome == SKIP)
+    elif defect == "only-exec":
+        assert skipped == {c.id for c in checks if c.needs}
+        assert all("does not announce" in r.reason for r in report.results if r.outcome == SKIP)
     else:
         assert skipped == set()
     for r in report.results:

@@ -53,6 +53,8 @@ LOG_TAIL = 60
 STDERR_TAIL = 8192
 #: How long a runner has to exit once it has closed the stream or been told to.
 EXIT_BOUND = 3.0
+#: Output the kit keeps for one op: more than any check's code writes.
+OP_OUTPUT_LIMIT = 64 * 1024 * 1024
 
 # The rules every frame is held to, quoted from spec/protocol.md by section.
 RULES = {
@@ -632,6 +634,7 @@ class Peer:
         """Read until op ``op`` ends (or ``until`` says stop), answering input requests with
         ``on_input`` (an input request without a handler fails the check)."""
         result = OpResult(op)
+        kept = 0
         while True:
             msg = await self.receive(what or f"the end of op {op} (its done)")
             if msg is None:
@@ -652,8 +655,15 @@ class Peer:
                 continue
             if getattr(msg, "op", None) != op:
                 raise CheckFailed(f"messages about op {op}", describe(msg))
-            if type(msg) is Output and not keep_output:
-                pass
+            if type(msg) is Output:
+                kept += len(msg.data)
+                if kept > OP_OUTPUT_LIMIT:
+                    raise CheckFailed(
+                        f"the output of op {op}'s code",
+                        f"more than {OP_OUTPUT_LIMIT} bytes of output, more than the code writes",
+                    )
+                if keep_output:
+                    result.events.append(msg)
             else:
                 result.events.append(msg)
             if type(msg) is Done:
@@ -696,6 +706,10 @@ class Peer:
         if not (type(msg) is Error and msg.fatal and msg.code in codes):
             raise CheckFailed(what, describe(msg))
         await self.expect_end(f"the runner to close the stream after its {msg.code!r} error")
+        # Then it must not linger: with the kit's side closed too it has read the end of
+        # the stream, after which it MUST exit (section 2).
+        await self.close_input()
+        await self.expect_exit(f"the runner to exit after its {msg.code!r} error")
         return msg
 
     async def expect_end(self, what: str, within: float = EXIT_BOUND) -> None:

@@ -15,7 +15,7 @@ _NO_SUCH_MODULE = "execpy_conformance_no_such_module"
     "5/welcome",
     MUST,
     "the runner sends nothing before the hello, then a welcome with every required field, "
-    "protocol major version 1 and a max_frame in range",
+    "protocol major version 1, the exec capability and a max_frame in range",
     "The runner MUST NOT send anything before it has received `hello`.",
 )
 async def welcome(ctx: Context) -> None:
@@ -24,6 +24,11 @@ async def welcome(ctx: Context) -> None:
     await peer.nothing_for(0.5, "nothing before the hello")
     msg = await peer.handshake()
     require(msg.version[0] == 1, "protocol major version 1", f"version {list(msg.version)}")
+    require(
+        "exec" in msg.capabilities,
+        "the 'exec' capability, which every runner announces (section 4.2)",
+        f"capabilities {list(msg.capabilities)}",
+    )
     await still_works(peer)
 
 
@@ -58,6 +63,17 @@ async def version_mismatch(ctx: Context) -> None:
 )
 async def newer_minor(ctx: Context) -> None:
     peer = await ctx.connect(version=[1, 99])
+    await still_works(peer)
+
+
+@check(
+    "5/older-minor",
+    MUST,
+    "a hello of protocol 1.0 gets a welcome of major version 1, and ops work",
+    "Minor versions are compatible both ways",
+)
+async def older_minor(ctx: Context) -> None:
+    peer = await ctx.connect(version=[1, 0])
     await still_works(peer)
 
 
