@@ -18,7 +18,8 @@ applies one defect:
 ``fewer-capabilities``
     removes ``"fd-capture"`` from the ``welcome``'s ``capabilities``.
 ``only-exec``
-    announces only ``exec`` in the ``welcome`` (a correct runner of the fewest capabilities).
+    announces only ``exec`` in the ``welcome`` and rejects ``eval`` as ``unsupported`` itself
+    (a correct runner of the fewest capabilities).
 ``forget-done``
     drops every ``done`` whose ``status`` is ``"cancelled"``.
 ``output-after-done``
@@ -264,6 +265,11 @@ class Proxy:
         kind = msg.get("kind")
         if self.defect == "ignore-cancel" and kind == "cancel":
             return None
+        if self.defect == "only-exec" and kind == "eval":
+            reply = {"kind": "error", "code": "unsupported", "op": msg.get("op")}
+            reply["message"] = "this runner does not evaluate expressions (no 'eval' capability)"
+            self._to_client(_pack(reply))
+            return None
         if self.defect == "wrong-version" and kind == "hello":
             version = msg.get("version")
             if isinstance(version, (list, tuple)) and version and version[0] != 1:
@@ -306,7 +312,7 @@ class Proxy:
             if isinstance(caps, list) and "fd-capture" in caps:
                 msg["capabilities"] = [c for c in caps if c != "fd-capture"]
                 return [_pack(msg)]
-        if d == "only-exec" and kind == "welcome":
+        if d == "only-exec" and kind == "welcome":  # (its evals are refused on the way in)
             msg["capabilities"] = ["exec"]
             return [_pack(msg)]
         if d == "forget-done" and kind == "done" and msg.get("status") == "cancelled":

@@ -78,7 +78,8 @@ def test_spec_table_lists_exactly_the_kits_checks() -> None:
     for ident, (level, needs, since, summary) in listed.items():
         check = kit[ident]
         assert level == check.level, ident
-        assert needs == (", ".join(f"`{n}`" for n in check.needs) or "—"), ident
+        cells = [*(f"`{n}`" for n in check.needs), *(f"not `{a}`" for a in check.absent)]
+        assert needs == (", ".join(cells) or "—"), ident
         assert since == f"{check.since[0]}.{check.since[1]}", ident
         assert summary == check.summary, ident
 
@@ -92,7 +93,7 @@ def test_ids_levels_and_capabilities() -> None:
     # A capability-free MUST check can never be skipped.
     welcome = Welcome((1, 1), "r", "1", "python", "3", 1, 65536, capabilities=("exec",))
     for c in checks:
-        if c.level == MUST and not c.needs and c.since <= (1, 1):
+        if c.level == MUST and not c.needs and not c.absent and c.since <= (1, 1):
             assert skip_reason(c, welcome) == ""
 
 

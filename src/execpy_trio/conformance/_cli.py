@@ -77,6 +77,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     return run(args)
 
 
+def _print(text: str) -> None:
+    """Print to stdout; a reader that went away (``| head``) ends us quietly."""
+    try:
+        sys.stdout.write(text)
+        sys.stdout.flush()
+    except BrokenPipeError:
+        # Python would report the failed flush at exit: point stdout at nothing first.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
 def _usage(message: str) -> int:
     print(f"execpy conformance: {message}", file=sys.stderr)
     return EXIT_USAGE
@@ -92,14 +102,16 @@ def run(args: argparse.Namespace) -> int:
         return _usage(str(exc))
     if args.list:
         if args.json:
-            print(_report.list_json(checks))
+            _print(_report.list_json(checks) + "\n")
         else:
             width = max(len(c.id) for c in checks)
+            lines = []
             for c in checks:
                 needs = f"  (needs {', '.join(c.needs)})" if c.needs else ""
                 since = f"  (since {c.since[0]}.{c.since[1]})" if c.since > (1, 0) else ""
-                print(f"{c.level:6}  {c.id:{width}}  {c.summary}{needs}{since}")
-            print(f"{len(checks)} check{'' if len(checks) == 1 else 's'}")
+                lines.append(f"{c.level:6}  {c.id:{width}}  {c.summary}{needs}{since}\n")
+            lines.append(f"{len(checks)} check{'' if len(checks) == 1 else 's'}\n")
+            _print("".join(lines))
         return EXIT_PASS
     if not command:
         return _usage(
@@ -127,10 +139,9 @@ def run(args: argparse.Namespace) -> int:
     if args.junit:
         with open(args.junit, "wb") as f:
             f.write(_report.to_junit(report))
-    if args.json:
-        print(_report.to_json(report))
-    else:
-        sys.stdout.write(_report.text(report, verbose=args.verbose))
+    _print(
+        _report.to_json(report) + "\n" if args.json else _report.text(report, verbose=args.verbose)
+    )
     return EXIT_PASS if report.passed else EXIT_FAIL
 
 

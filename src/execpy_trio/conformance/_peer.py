@@ -65,7 +65,7 @@ RULES = {
     "3.3": "a side MUST NOT send a frame whose body is larger than the **peer's** `max_frame`.",
     "4.1": "Every message is a msgpack map. It MUST have a `kind` key whose value is a str "
     "naming the message.",
-    "4.2": "A required field that is missing, or any field whose value does not have the "
+    "4.1 fields": "A required field that is missing, or any field whose value does not have the "
     "listed type or is outside the listed values, makes the message invalid (`bad-message`).",
     "5": "The runner MUST NOT send anything before it has received `hello`.",
     "7": "A sender MUST NOT send a message that has no transition in its current state",
@@ -227,6 +227,8 @@ class Peer:
         self.state = "new"  # new, hello-sent, open, closing, error
         self.fatal: Error | None = None
         self.ops: dict[int, OpTrack] = {}
+        #: Ops of requests the kit sent to be refused, by op id: what was sent.
+        self.refused_ops: dict[Any, str] = {}
         self.in_flight: int | None = None
         self.pings: set[int] = set()
         self.answered_pings: set[int] = set()
@@ -309,12 +311,18 @@ class Peer:
         self.log.add(f"{self.name}C", summarize(value, 300))
         if track:
             self._on_send(value)
+        elif type(value) is dict and value.get("kind") in ("exec", "eval"):
+            self.refused_ops[value.get("op")] = summarize(value, 120)
         await self._write(
             _HEADER.pack(len(body)) + body,
             f"its {value.get('kind')!r}" if type(value) is dict else "",
         )
 
-    async def send_raw(self, data: bytes, what: str) -> None:
+    async def send_raw(self, data: bytes, what: str, *, refused_op: int | None = None) -> None:
+        """Send bytes as they are; ``refused_op``: the op id of a request in them that the
+        runner must refuse (so that accepting it is reported as such)."""
+        if refused_op is not None:
+            self.refused_ops[refused_op] = what
         self.log.add(f"{self.name}C", f"raw bytes ({what}): {hexdump(data)}")
         await self._write(data, what)
 
@@ -456,7 +464,7 @@ class Peer:
         try:
             message = message_from_wire(value)
         except RemoteProtocolError as exc:
-            raise violation("4.2", f"an invalid message: {exc}", "a valid message") from None
+            raise violation("4.1 fields", f"an invalid message: {exc}", "a valid message") from None
         if type(message) is UnknownMessage:
             raise violation(
                 "12",
@@ -514,7 +522,7 @@ class Peer:
         self.state = "open" if self.state == "hello-sent" else self.state
         if not 65536 <= msg.max_frame <= 0xFFFFFFFF:
             raise violation(
-                "4.2",
+                "4.1 fields",
                 f"a welcome announcing max_frame {msg.max_frame}",
                 "max_frame between 65536 and 4294967295",
             )
@@ -535,6 +543,12 @@ class Peer:
     def _on_op_message(self, msg: Message) -> None:
         op: int = msg.op  # type: ignore[attr-defined]
         track = self.ops.get(op)
+        if track is None and op in self.refused_ops:
+            # Not a breach of the state machine: the runner took a request it had to refuse.
+            raise CheckFailed(
+                self.waiting_for,
+                f"a {msg.KIND!r} for op {op}: the runner accepted {self.refused_ops[op]}",
+            )
         if track is None:
             raise violation(
                 "7",
@@ -589,13 +603,30 @@ class Peer:
 
     async def expect(self, what: str, *kinds: str) -> Message:
         """The next message, which must be one of ``kinds`` (a kind, or ``error/fatal``,
-        ``error/reject``, ``error/notice``)."""
-        msg = await self.receive(what)
-        if msg is None:
-            raise CheckFailed(what, f"the end of the stream; {self._ended()}")
+        ``error/reject``, ``error/notice``). Output of the op in flight is passed over
+        unless ``kinds`` names it: however a runner splits output into frames, it may
+        arrive between any two messages."""
+        while True:
+            msg = await self.receive(what)
+            if msg is None:
+                raise CheckFailed(what, f"the end of the stream; {self._ended()}")
+            if type(msg) is not Output or "output" in kinds:
+                break
         if kinds and key_of(msg) not in kinds and msg.KIND not in kinds:
             raise CheckFailed(what, describe(msg))
         return msg
+
+    async def wait_output(self, op: int, marker: bytes) -> OpResult:
+        """Read op ``op``'s messages until its stdout holds ``marker`` (the code has got that
+        far and is still running); its done before that fails the check."""
+        result = await self.collect(
+            op,
+            until=lambda r: marker in r.stdout,
+            what=f"op {op}'s code to write {marker!r} to stdout while it runs",
+        )
+        if result.done is not None or result.rejected is not None:
+            raise CheckFailed(f"op {op} to write {marker!r} and go on running", result.describe())
+        return result
 
     async def handshake(self, **fields: Any) -> Welcome:
         """Send a hello (the kit's own, with ``fields`` over it) and expect the welcome."""

@@ -46,6 +46,8 @@ class Check:
     #: It waits on the runner's own clock (a bound the spec leaves to the runner), so it
     #: is started first, to overlap the others.
     slow: bool = False
+    #: Capabilities the runner must *not* announce for the check to apply.
+    absent: tuple[str, ...] = ()
     #: The least time the check needs, whatever ``--timeout`` says (a bound of the spec's).
     min_timeout: float = 0.0
 
@@ -72,6 +74,7 @@ def check(
     since: tuple[int, int] = (1, 0),
     slow: bool = False,
     min_timeout: float = 0.0,
+    absent: Sequence[str] = (),
 ) -> Callable[[CheckFunction], CheckFunction]:
     """Register the decorated function as the check ``id``."""
     if level not in LEVELS:
@@ -95,6 +98,7 @@ def check(
             function=function,
             slow=slow,
             min_timeout=min_timeout,
+            absent=tuple(absent),
         )
         return function
 

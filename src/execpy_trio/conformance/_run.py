@@ -111,6 +111,12 @@ def skip_reason(check: Check, welcome: Welcome | None) -> str:
     missing = [c for c in check.needs if c not in welcome.capabilities]
     if missing:
         return f"the runner's welcome does not announce {' or '.join(map(repr, missing))}"
+    present = [c for c in check.absent if c in welcome.capabilities]
+    if present:
+        return (
+            f"the runner announces {' and '.join(map(repr, present))}; this check is for "
+            "runners that do not"
+        )
     return ""
 
 

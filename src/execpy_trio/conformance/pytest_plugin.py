@@ -80,6 +80,8 @@ def conformance_tests(
             try:
                 cmd = request.getfixturevalue("execpy_runner_command")
             except pytest.FixtureLookupError:
+                cmd = None
+            if cmd is None:  # outside the except: no chained traceback in the report
                 pytest.fail(_NO_COMMAND, pytrace=False)
         welcome = _welcome(cmd, check_timeout)
         result = trio.run(run_check, cmd, execpy_check, welcome, check_timeout)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._context import Context, require
-from .._peer import Peer
+from .._peer import Peer, describe
 from .._registry import MUST, check
 from ._util import expect_status, expect_value, still_works
 
@@ -18,7 +18,7 @@ _INTERRUPTS = (
 async def _cancel_when_started(peer: Peer, code: str) -> None:
     """Run ``code`` (which prints 'started' first), cancel it, expect 'cancelled'."""
     op = await peer.start_op(code)
-    await peer.collect(op, until=lambda r: b"started" in r.stdout)
+    await peer.wait_output(op, b"started\n")
     await peer.send({"kind": "cancel", "op": op})
     result = await peer.collect(op, what=f"the done 'cancelled' of op {op} after its cancel")
     expect_status(result, "cancelled")
@@ -113,7 +113,7 @@ async def cancel_caught(ctx: Context) -> None:
         "'finished'"
     )
     op = await peer.start_op(code)
-    await peer.collect(op, until=lambda r: b"started" in r.stdout)
+    await peer.wait_output(op, b"started\n")
     await peer.send({"kind": "cancel", "op": op})
     result = await peer.collect(op)
     expect_value(result, "'finished'")
@@ -130,7 +130,7 @@ async def namespace_survives(ctx: Context) -> None:
     peer = await ctx.connect()
     expect_status(await peer.run("kept = 41"), "ok")
     op = await peer.start_op("import time\nprint('started', flush=True)\ntime.sleep(60)")
-    await peer.collect(op, until=lambda r: b"started" in r.stdout)
+    await peer.wait_output(op, b"started\n")
     await peer.send({"kind": "cancel", "op": op})
     expect_status(await peer.collect(op), "cancelled")
     expect_value(await peer.run("kept + 1"), "42")
@@ -148,7 +148,7 @@ async def cancel_after_done(ctx: Context) -> None:
     expect_status(result, "ok")
     await peer.send({"kind": "cancel", "op": result.op})
     seen = await peer.barrier()
-    require(not seen, "nothing in answer to the cancel", repr(seen))
+    require(not seen, "nothing in answer to the cancel", "; ".join(map(describe, seen)))
     await still_works(peer)
 
 

@@ -114,12 +114,7 @@ async def order_written(ctx: Context) -> None:
 async def streaming(ctx: Context) -> None:
     peer = await ctx.connect()
     op = await peer.start_op("import time\nprint('first', flush=True)\ntime.sleep(60)")
-    result = await peer.collect(op, until=lambda r: bool(r.stdout))
-    require(
-        result.done is None and result.stdout == b"first\n",
-        "output b'first\\n' while the op runs",
-        result.describe(),
-    )
+    await peer.wait_output(op, b"first\n")
 
 
 @check(

@@ -7,7 +7,7 @@ import trio
 
 from ...protocol import Done, Pong
 from .._context import Context, require
-from .._peer import EXIT_BOUND, CheckFailed, Peer
+from .._peer import EXIT_BOUND, CheckFailed, Peer, describe
 from .._registry import MUST, SHOULD, check
 from ._util import expect_status, expect_value, raw_frame, still_works
 
@@ -56,7 +56,7 @@ async def eof_busy(ctx: Context) -> None:
     ):
         peer = await ctx.connect()
         op = await peer.start_op(code)
-        await peer.collect(op, until=lambda r: bool(r.stdout))
+        await peer.wait_output(op, b"go\n")
         await _eof_exits(peer)
 
 
@@ -113,7 +113,7 @@ async def ping_busy(ctx: Context) -> None:
     ):
         peer = await ctx.connect()
         op = await peer.start_op(code)
-        await peer.collect(op, until=lambda r: bool(r.stdout))
+        await peer.wait_output(op, b"go\n")
         for _ in range(3):
             token = peer.new_token()
             await peer.send({"kind": "ping", "token": token})
@@ -146,7 +146,7 @@ async def shutdown_idle(ctx: Context) -> None:
 async def shutdown_busy(ctx: Context) -> None:
     peer = await ctx.connect()
     op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
-    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "shutdown"})
     expect_status(await peer.collect(op), "cancelled")
     await peer.expect_end("the runner to close the stream after the done")
@@ -178,7 +178,7 @@ _SLOW_TO_STOP = (
 async def ping_while_closing(ctx: Context) -> None:
     peer = await ctx.connect()
     op = await peer.start_op(_SLOW_TO_STOP)
-    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "shutdown"})
     await peer.send({"kind": "ping", "token": 77})
     msg = await peer.expect("a pong for ping 77 before the done", "pong")
@@ -201,7 +201,7 @@ async def ping_while_closing(ctx: Context) -> None:
 async def request_after_shutdown(ctx: Context) -> None:
     peer = await ctx.connect()
     op = await peer.start_op(_SLOW_TO_STOP)
-    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "shutdown"})
     await peer.send({"kind": "exec", "op": op + 1, "code": "x = 1"}, track=False)
     await peer.expect_fatal("a fatal 'unexpected-message' error", ("unexpected-message",))
@@ -220,7 +220,7 @@ async def request_after_shutdown(ctx: Context) -> None:
 async def eof_after_shutdown(ctx: Context) -> None:
     peer = await ctx.connect()
     op = await peer.start_op(_SLOW_TO_STOP)
-    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "shutdown"})
     await peer.close_input()
     while True:
@@ -244,7 +244,7 @@ async def eof_after_shutdown(ctx: Context) -> None:
 async def reply_without_request(ctx: Context) -> None:
     peer = await ctx.connect()
     op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
-    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "input_reply", "op": op, "text": "unasked"}, track=False)
     await peer.expect_fatal("a fatal 'unexpected-message' error", ("unexpected-message",))
 
@@ -264,7 +264,7 @@ async def crossed_replies(ctx: Context) -> None:
     await peer.send({"kind": "input_reply", "op": first.op, "text": "late"})
     await peer.send({"kind": "cancel", "op": first.op})
     seen = await peer.barrier()
-    require(not seen, "nothing in answer", repr(seen))
+    require(not seen, "nothing in answer", "; ".join(map(describe, seen)))
     await still_works(peer)
 
 
@@ -319,7 +319,7 @@ async def exit_status(ctx: Context) -> None:
     require(code == 3, "exit status 3 after a protocol error", f"exit status {code}")
     peer = await ctx.connect()
     op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
-    await peer.collect(op, until=lambda r: bool(r.stdout))
+    await peer.wait_output(op, b"go\n")
     await peer.close_input()
     code = await peer.expect_exit("the runner to exit after the stream ended mid-op")
     require(code == 5, "exit status 5 when the stream ends mid-op", f"exit status {code}")
