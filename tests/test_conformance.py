@@ -66,6 +66,18 @@ def test_every_check_quotes_its_own_section_word_for_word() -> None:
         )
 
 
+def test_every_rule_the_kit_cites_is_quoted_from_the_spec() -> None:
+    from execpy_trio.conformance._peer import RULES
+
+    sections = _sections()
+    for key, quote in RULES.items():
+        section = key.split()[0]
+        text = _normalized(
+            "".join(v for k, v in sections.items() if k == section or k.startswith(section + "."))
+        )
+        assert _normalized(quote) in text, key
+
+
 def test_spec_table_lists_exactly_the_kits_checks() -> None:
     section = _sections()["11"]
     rows = [line for line in section.splitlines() if line.startswith("| `")]
@@ -224,10 +236,11 @@ async def _opened(peer: Peer, runner: trio.abc.SendStream) -> None:
 
 
 BREACHES = [
+    (_frame({"kind": "done", "op": 9, "status": "ok"}), "7:"),  # an op never opened
     # (what the runner sends after the welcome, the rule the kit cites)
     (_frame({"kind": "pong", "token": 5}), "7:"),  # no ping carried 5
     (_frame({"kind": "output", "op": 1, "stream": "stdout", "data": b"x"}), "7:"),  # no op 1
-    (_frame({"kind": "output", "op": 1, "stream": "stdout", "data": b""}), "4.2:"),  # empty data
+    (_frame({"kind": "output", "op": 1, "stream": "stdout", "data": b""}), "4.1:"),  # empty data
     (_frame({"kind": "exec", "op": 1, "code": "x"}), "7:"),  # a client's message
     (_frame({"kind": "x_new", "a": 1}), "12:"),
     (_frame([1, 2]), "4.1:"),
@@ -401,3 +414,77 @@ def test_cli_list_and_usage_errors() -> None:
     ):
         p = _cli(*args)
         assert p.returncode == 2 and message in p.stderr, (args, p.stderr)
+
+
+@pytest.mark.parametrize(
+    ("done", "rule"),
+    [
+        (
+            {
+                "kind": "done",
+                "op": 1,
+                "status": "error",
+                "value": "junk",
+                "error": {"type": "E", "message": "", "traceback": ""},
+            },
+            "4.2:",
+        ),
+        ({"kind": "done", "op": 1, "status": "cancelled", "value": 1}, "4.2:"),
+        ({"kind": "done", "op": 1, "status": "ok", "value": ["2.01"]}, "4.2:"),  # exec: a str
+    ],
+)
+async def test_done_values_are_held_to_the_table(done: dict[str, object], rule: str) -> None:
+    peer, runner, _client = _peer()
+    await _opened(peer, runner)
+    await peer.send({"kind": "exec", "op": 1, "code": "x"})
+    await runner.send_all(_frame(done))
+    with pytest.raises(CheckFailed) as info:
+        await peer.receive()
+    assert info.value.rule is not None and info.value.rule.startswith(rule)
+
+
+async def test_an_eval_value_may_be_any_data() -> None:
+    peer, runner, _client = _peer()
+    await _opened(peer, runner)
+    await peer.send({"kind": "eval", "op": 1, "expr": "x"})
+    await runner.send_all(_frame({"kind": "done", "op": 1, "status": "ok", "value": [1, b"2"]}))
+    assert (await peer.receive()).value == [1, b"2"]  # type: ignore[union-attr]
+
+
+async def test_a_notice_before_the_welcome_is_a_breach() -> None:
+    peer, runner, _client = _peer()
+    await peer.send(
+        {
+            "kind": "hello",
+            "version": [1, 1],
+            "impl_name": "k",
+            "impl_version": "1",
+            "max_frame": 65536,
+        }
+    )
+    await runner.send_all(_frame({"kind": "error", "code": "x-note", "message": "hi"}))
+    with pytest.raises(CheckFailed, match="before the welcome"):
+        await peer.receive()
+
+
+async def test_late_output_is_caught_after_the_check() -> None:
+    """What a runner sends after a check's last read is held to the rules too."""
+    peer, runner, _client = _peer()
+    await _opened(peer, runner)
+    await peer.send({"kind": "exec", "op": 1, "code": "x"})
+    await runner.send_all(_frame({"kind": "done", "op": 1, "status": "ok"}))
+    assert (await peer.receive()).KIND == "done"  # type: ignore[union-attr]
+    await runner.send_all(_frame({"kind": "output", "op": 1, "stream": "stderr", "data": b"l"}))
+    await runner.aclose()
+    with pytest.raises(CheckFailed, match="after its done"):
+        await peer.drain()
+
+
+async def test_a_barrier_reads_past_a_bounded_number_of_messages() -> None:
+    peer, runner, _client = _peer()
+    await _opened(peer, runner)
+    notice = _frame({"kind": "error", "code": "x-note", "message": "again"})
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(runner.send_all, notice * 200)
+        with pytest.raises(CheckFailed, match="more than 100 other messages"):
+            await peer.barrier()

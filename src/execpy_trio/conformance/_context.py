@@ -54,6 +54,11 @@ class Context:
     def current(self) -> Peer | None:
         return self.peers[-1] if self.peers else None
 
+    async def drain(self) -> None:
+        """Hold what every runner sends after the check's last read to the rules."""
+        for peer in self.peers:
+            await peer.drain()
+
     def notes(self) -> list[str]:
         return [note for peer in self.peers for note in peer.notes]
 

@@ -53,6 +53,10 @@ LOG_TAIL = 60
 STDERR_TAIL = 8192
 #: How long a runner has to exit once it has closed the stream or been told to.
 EXIT_BOUND = 3.0
+#: How long the kit reads, after a check, what a runner still sends.
+DRAIN_BOUND = 1.0
+#: Messages the kit reads past while it waits for one pong.
+BARRIER_LIMIT = 100
 #: Output the kit keeps for one op: more than any check's code writes.
 OP_OUTPUT_LIMIT = 64 * 1024 * 1024
 
@@ -67,10 +71,13 @@ RULES = {
     "naming the message.",
     "4.1 fields": "A required field that is missing, or any field whose value does not have the "
     "listed type or is outside the listed values, makes the message invalid (`bad-message`).",
+    "4.2 done": "MUST be sent as nil; a receiver MUST ignore a non-nil value (not invalid)",
+    "4.2 exec value": "`exec`: the `repr()` (a str) of the last expression statement's value, "
+    "or nil when the code does not end in an expression or its value is None.",
     "5": "The runner MUST NOT send anything before it has received `hello`.",
     "7": "A sender MUST NOT send a message that has no transition in its current state",
-    "8": "A side that receives invalid input ... MUST: stop processing input, send one fatal "
-    "`error` ... and close the connection.",
+    "8": "send one fatal `error` whose `code` names the problem and whose `message` says what "
+    "arrived and in which state (best effort: the peer may be gone), and close the connection.",
     "12": "A side MUST NOT send a new kind to a peer whose `welcome`/`hello` announces a lower "
     "minor version unless a capability says the peer understands it.",
 }
@@ -149,8 +156,6 @@ class OpTrack:
 
     kind: str
     allow_stdin: bool
-    #: Sent while the kit saw another op in flight (the runner may reject it as busy).
-    sent_busy: bool
     state: str = "sent"  # sent -> running -> done | rejected
     input_pending: bool = False
 
@@ -221,6 +226,10 @@ class Peer:
         #: What the check is waiting for, for the report when its time runs out.
         self.waiting_for = "the runner to start"
         self.writing = ""
+        #: Messages received, and how many when the current wait began.
+        self.received = 0
+        self._received_at_wait = 0
+        self._last = ""
         self._next_op = 0
         self._next_token = 0
         # The model of the connection, from the kit's side.
@@ -354,8 +363,7 @@ class Peer:
             self.max_frame = value.get("max_frame", self.max_frame)
         elif kind in ("exec", "eval"):
             op = value["op"]
-            busy = self.in_flight is not None or any(t.state == "sent" for t in self.ops.values())
-            self.ops[op] = OpTrack(kind, bool(value.get("allow_stdin")), busy)
+            self.ops[op] = OpTrack(kind, bool(value.get("allow_stdin")))
         elif kind == "input_reply":
             track = self.ops.get(value["op"])
             if track is not None:
@@ -377,8 +385,17 @@ class Peer:
             self._buffer += chunk
         return True
 
+    def since_last_read(self) -> str:
+        """What arrived while the kit waited, for a report of a wait that timed out."""
+        seen = self.received - self._received_at_wait
+        if not seen:
+            return " (no frames arrived)"
+        return f" ({seen} frames arrived meanwhile; the last: {self._last})"
+
     async def receive(self, waiting_for: str = "a frame") -> Message | None:
         """The next message, held to every rule; None at a clean end of stream."""
+        if waiting_for != self.waiting_for:
+            self._received_at_wait = self.received
         self.waiting_for = waiting_for
         if not await self._fill(4):
             if self._buffer:
@@ -415,6 +432,8 @@ class Peer:
         body = bytes(self._buffer[4 : 4 + length])
         del self._buffer[: 4 + length]
         message = self._check_frame(body)
+        self.received += 1
+        self._last = describe(message)
         self._check_model(message)
         return message
 
@@ -492,11 +511,16 @@ class Peer:
             )
         if self.state == "new":
             raise violation("5", f"a {kind!r} message before the kit sent hello", "nothing")
+        if type(msg) is Error and msg.fatal:
+            self.fatal = msg
+            self.state = "error"
+            return
+        if self.state == "hello-sent" and type(msg) is not Welcome:
+            raise violation(
+                "7", f"a {key_of(msg)!r} message before the welcome", "a welcome or a fatal error"
+            )
         if type(msg) is Error:
-            if msg.fatal:
-                self.fatal = msg
-                self.state = "error"
-            elif msg.op is not None:
+            if msg.op is not None:
                 self._on_reject(msg)
             return
         if self.state == "hello-sent":
@@ -587,6 +611,18 @@ class Peer:
                 )
             track.input_pending = True
         elif type(msg) is Done:
+            if msg.status != "ok" and msg.value is not None:
+                raise violation(
+                    "4.2 done",
+                    f"a done {msg.status!r} for op {op} with value {summarize(msg.value)}",
+                    "the value nil",
+                )
+            if track.kind == "exec" and msg.value is not None and type(msg.value) is not str:
+                raise violation(
+                    "4.2 exec value",
+                    f"a done for exec op {op} with value {summarize(msg.value)}",
+                    "a str (the repr) or nil",
+                )
             track.state = "done"
             track.input_pending = False
             self.in_flight = None
@@ -728,6 +764,11 @@ class Peer:
             if type(msg) is Pong and msg.token == token:
                 return seen
             seen.append(msg)
+            if len(seen) > BARRIER_LIMIT:
+                raise CheckFailed(
+                    f"the pong for ping {token}",
+                    f"more than {BARRIER_LIMIT} other messages first (the last: {describe(msg)})",
+                )
 
     async def expect_fatal(self, what: str, codes: Sequence[str]) -> Error:
         """Expect a fatal error with one of ``codes``, then the end of the stream."""
@@ -750,13 +791,30 @@ class Peer:
             if msg is not None:
                 raise CheckFailed(what, describe(msg))
         if scope.cancelled_caught:
-            raise CheckFailed(what, f"the stream still open after {within:g} s")
+            got = f"the stream still open after {within:g} s"
+            if self.returncode is not None:
+                got += (
+                    f", though the runner {self._ended()[11:]}: a process it left behind "
+                    "holds its stdout"
+                )
+            raise CheckFailed(what, got)
 
     async def expect_exit(self, what: str, within: float = EXIT_BOUND) -> int:
         code = await self.wait_exit(within)
         if code is None:
             raise CheckFailed(what, f"the runner still running {within:g} s later")
         return code
+
+    async def drain(self, within: float = DRAIN_BOUND) -> None:
+        """After a check: close the kit's side and hold whatever the runner still sends, to
+        the end of its stream, to the same rules. A runner that does not close in time is
+        left to the other checks (and ended)."""
+        if self.process is None or self._eof or self.fatal is not None:
+            return
+        await self.close_input()
+        with trio.move_on_after(within):
+            while await self.receive("the end of the stream after the check") is not None:
+                pass
 
     async def nothing_for(self, seconds: float, what: str) -> None:
         """Fail if anything arrives within ``seconds`` (the end of the stream included)."""

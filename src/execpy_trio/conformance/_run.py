@@ -135,12 +135,16 @@ async def run_check(
         try:
             with trio.move_on_after(bound) as scope:
                 await check.function(ctx)
+                await ctx.drain()
             if scope.cancelled_caught:
                 peer = ctx.current
-                waiting = (
-                    "the runner to start" if peer is None else peer.writing or peer.waiting_for
-                )
-                failure = CheckFailed(waiting, f"nothing within the check's {bound:g} s")
+                if peer is None:
+                    waiting, got = "the runner to start", f"nothing within the check's {bound:g} s"
+                else:
+                    waiting = peer.writing or peer.waiting_for
+                    got = f"nothing of that within the check's {bound:g} s"
+                    got += "" if peer.writing else peer.since_last_read()
+                failure = CheckFailed(waiting, got)
         except CheckFailed as exc:
             failure = exc
         except BaseExceptionGroup as group:  # a check's own nursery

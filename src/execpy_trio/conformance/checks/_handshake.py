@@ -52,7 +52,11 @@ async def version_mismatch(ctx: Context) -> None:
         },
     )
     error = await peer.expect_fatal("a fatal 'version-mismatch' error", ("version-mismatch",))
-    require("7" in error.message, "a message naming the client's version 7.3", repr(error.message))
+    require(
+        "7" in error.message and "1" in error.message,
+        "a message naming both versions (the client's 7.3 and the runner's 1)",
+        repr(error.message),
+    )
 
 
 @check(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ...protocol import Done
 from .._context import Context, require
+from .._peer import CheckFailed
 from .._registry import MUST, SHOULD, check
 from ._util import expect_status, expect_value, still_works
 
@@ -122,5 +123,8 @@ async def open_files(ctx: Context) -> None:
     result = await peer.run(code)
     expect_status(result, "ok")
     assert result.done is not None
-    opened = int(result.done.value or 0)
+    try:
+        opened = int(result.done.value)
+    except (TypeError, ValueError):
+        raise CheckFailed("the number of files opened as the value", result.describe()) from None
     require(24 <= opened <= 40, "about 32 files opened before EMFILE", f"{opened}")
