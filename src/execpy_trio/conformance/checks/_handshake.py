@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from .._context import Context, require
-from .._peer import CheckFailed
+from .._peer import CheckFailed, describe
 from .._registry import MUST, SHOULD, check
 from ._util import expect_value, still_works
 
@@ -156,7 +156,7 @@ async def preload(ctx: Context) -> None:
     require(
         "preload" in (peer.welcome.capabilities if peer.welcome else ()),
         "a welcome with the 'preload' capability",
-        repr(peer.welcome),
+        describe(peer.welcome) if peer.welcome else "no welcome",
     )
     expect_value(await peer.run("import sys\n'colorsys' in sys.modules"), "True")
     expect_value(await peer.run("'colorsys' in globals()"), "False")
@@ -200,7 +200,11 @@ async def limits_welcome(ctx: Context) -> None:
     limits = {"output_bytes": 100_000, "open_files": 64}
     peer = await ctx.connect(limits=limits)
     assert peer.welcome is not None
-    require("limits" in peer.welcome.capabilities, "the 'limits' capability", repr(peer.welcome))
+    require(
+        "limits" in peer.welcome.capabilities,
+        "the 'limits' capability",
+        describe(peer.welcome) if peer.welcome else "no welcome",
+    )
     require(peer.welcome.limits == limits, f"limits {limits}", f"limits {peer.welcome.limits}")
     await still_works(peer)
 

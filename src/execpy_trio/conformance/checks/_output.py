@@ -171,7 +171,7 @@ async def _stream_into(peer: Peer, op: int, checker: _Sequence) -> None:
             if msg.stream == "stdout":
                 checker.feed(msg.data)
         elif type(msg) is Done:
-            require(msg.status == "ok", "done 'ok'", repr(msg))
+            require(msg.status == "ok", "done 'ok'", describe(msg))
             checker.finish()
             return
 

@@ -95,7 +95,7 @@ async def ping_idle(ctx: Context) -> None:
     for token in (1, 2**63 - 1, 0):
         await peer.send({"kind": "ping", "token": token})
         msg = await peer.expect(f"a pong with token {token}", "pong")
-        require(type(msg) is Pong and msg.token == token, f"token {token}", repr(msg))
+        require(type(msg) is Pong and msg.token == token, f"token {token}", describe(msg))
 
 
 @check(
