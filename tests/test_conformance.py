@@ -222,15 +222,7 @@ WELCOME = {
 
 
 async def _opened(peer: Peer, runner: trio.abc.SendStream) -> None:
-    await peer.send(
-        {
-            "kind": "hello",
-            "version": [1, 1],
-            "impl_name": "k",
-            "impl_version": "1",
-            "max_frame": 65536,
-        }
-    )
+    await peer.hello(max_frame=65536)
     await runner.send_all(_frame(WELCOME))
     assert (await peer.receive()).KIND == "welcome"  # type: ignore[union-attr]
 
@@ -453,15 +445,7 @@ async def test_an_eval_value_may_be_any_data() -> None:
 
 async def test_a_notice_before_the_welcome_is_a_breach() -> None:
     peer, runner, _client = _peer()
-    await peer.send(
-        {
-            "kind": "hello",
-            "version": [1, 1],
-            "impl_name": "k",
-            "impl_version": "1",
-            "max_frame": 65536,
-        }
-    )
+    await peer.hello(max_frame=65536)
     await runner.send_all(_frame({"kind": "error", "code": "x-note", "message": "hi"}))
     with pytest.raises(CheckFailed, match="before the welcome"):
         await peer.receive()

@@ -664,17 +664,13 @@ class Peer:
             raise CheckFailed(f"op {op} to write {marker!r} and go on running", result.describe())
         return result
 
+    async def hello(self, *, track: bool = True, **fields: Any) -> None:
+        """Send the kit's hello, with ``fields`` over it."""
+        await self.send(hello_of(**fields), track=track)
+
     async def handshake(self, **fields: Any) -> Welcome:
         """Send a hello (the kit's own, with ``fields`` over it) and expect the welcome."""
-        hello: dict[str, Any] = {
-            "kind": "hello",
-            "version": list(KIT_VERSION),
-            "impl_name": "execpy-conformance",
-            "impl_version": "1",
-            "max_frame": DEFAULT_MAX_FRAME,
-        }
-        hello.update(fields)
-        await self.send(hello)
+        await self.hello(**fields)
         msg = await self.expect("a welcome", "welcome")
         assert type(msg) is Welcome
         return msg
@@ -821,6 +817,19 @@ class Peer:
         with trio.move_on_after(seconds):
             msg = await self.receive(what)
             raise CheckFailed(what, "the end of the stream" if msg is None else describe(msg))
+
+
+def hello_of(**fields: Any) -> dict[str, Any]:
+    """The kit's hello, with ``fields`` over it."""
+    hello: dict[str, Any] = {
+        "kind": "hello",
+        "version": list(KIT_VERSION),
+        "impl_name": "execpy-conformance",
+        "impl_version": "1",
+        "max_frame": DEFAULT_MAX_FRAME,
+    }
+    hello.update(fields)
+    return hello
 
 
 def key_of(msg: Message) -> str:

@@ -6,6 +6,7 @@ import msgpack
 import trio
 
 from .._context import Context, require
+from .._peer import hello_of
 from .._registry import MUST, SHOULD, check
 from ._util import Raw, expect_status, expect_value, raw_frame, raw_map, still_works
 
@@ -24,15 +25,7 @@ OBJECT_BUDGET_SENT = 16 * 1024 * 1024
 )
 async def byte_stream(ctx: Context) -> None:
     peer = await ctx.start()
-    hello = msgpack.packb(
-        {
-            "kind": "hello",
-            "version": [1, 1],
-            "impl_name": "execpy-conformance",
-            "impl_version": "1",
-            "max_frame": 16777216,
-        }
-    )
+    hello = msgpack.packb(hello_of())
     data = raw_frame(hello)
     peer.log.add("C", "hello, one byte per write")
     peer._on_send(msgpack.unpackb(hello))

@@ -42,15 +42,7 @@ async def welcome(ctx: Context) -> None:
 )
 async def version_mismatch(ctx: Context) -> None:
     peer = await ctx.start()
-    await peer.send(
-        {
-            "kind": "hello",
-            "version": [7, 3],
-            "impl_name": "k",
-            "impl_version": "1",
-            "max_frame": 16777216,
-        },
-    )
+    await peer.hello(version=[7, 3])
     error = await peer.expect_fatal("a fatal 'version-mismatch' error", ("version-mismatch",))
     require(
         "7" in error.message and "1" in error.message,
@@ -116,16 +108,7 @@ async def unknown_kind_first(ctx: Context) -> None:
 )
 async def second_hello(ctx: Context) -> None:
     peer = await ctx.connect()
-    await peer.send(
-        {
-            "kind": "hello",
-            "version": [1, 1],
-            "impl_name": "k",
-            "impl_version": "1",
-            "max_frame": 16777216,
-        },
-        track=False,
-    )
+    await peer.hello(track=False)
     await peer.expect_fatal("a fatal 'unexpected-message' error", UNEXPECTED)
 
 
@@ -172,16 +155,7 @@ async def preload(ctx: Context) -> None:
 )
 async def preload_failed(ctx: Context) -> None:
     peer = await ctx.start()
-    await peer.send(
-        {
-            "kind": "hello",
-            "version": [1, 1],
-            "impl_name": "k",
-            "impl_version": "1",
-            "max_frame": 16777216,
-            "preload": [_NO_SUCH_MODULE],
-        },
-    )
+    await peer.hello(preload=[_NO_SUCH_MODULE])
     error = await peer.expect_fatal("a fatal 'preload-failed' error", ("preload-failed",))
     require(
         _NO_SUCH_MODULE in error.message, f"a message naming {_NO_SUCH_MODULE}", repr(error.message)
@@ -219,16 +193,7 @@ async def limits_welcome(ctx: Context) -> None:
 )
 async def limits_unknown(ctx: Context) -> None:
     peer = await ctx.start()
-    await peer.send(
-        {
-            "kind": "hello",
-            "version": [1, 1],
-            "impl_name": "k",
-            "impl_version": "1",
-            "max_frame": 16777216,
-            "limits": {"x_no_such_limit": 1},
-        },
-    )
+    await peer.hello(limits={"x_no_such_limit": 1})
     error = await peer.expect_fatal("a fatal 'limits-failed' error", ("limits-failed",))
     if "x_no_such_limit" not in error.message:
         raise CheckFailed("a message naming x_no_such_limit", repr(error.message))

@@ -9,7 +9,7 @@ from ...protocol import Done, Pong
 from .._context import Context, require
 from .._peer import EXIT_BOUND, CheckFailed, Peer, describe
 from .._registry import MUST, SHOULD, check
-from ._util import expect_status, expect_value, raw_frame, still_works
+from ._util import SLEEPS, SPINS, expect_status, expect_value, raw_frame, still_works
 
 _EOF = "a runner that reads end-of-stream MUST interrupt any running op and exit (section 10)."
 _PROMPTLY = (
@@ -50,10 +50,7 @@ async def eof_idle(ctx: Context) -> None:
     _EOF,
 )
 async def eof_busy(ctx: Context) -> None:
-    for code in (
-        "import time\nprint('go', flush=True)\ntime.sleep(60)",
-        "print('go', flush=True)\nwhile True:\n    x = 1",
-    ):
+    for code in (SLEEPS, SPINS):
         peer = await ctx.connect()
         op = await peer.start_op(code)
         await peer.wait_output(op, b"go\n")
@@ -105,10 +102,7 @@ async def ping_idle(ctx: Context) -> None:
     _PROMPTLY,
 )
 async def ping_busy(ctx: Context) -> None:
-    for code in (
-        "import time\nprint('go', flush=True)\ntime.sleep(60)",
-        "print('go', flush=True)\nwhile True:\n    x = 1",
-    ):
+    for code in (SLEEPS, SPINS):
         peer = await ctx.connect()
         op = await peer.start_op(code)
         await peer.wait_output(op, b"go\n")
@@ -161,7 +155,7 @@ def _slow_to_stop(ctx: Context) -> str:
 async def shutdown_busy(ctx: Context) -> None:
     peer = await ctx.connect()
     interrupt = "interrupt" in ctx.capabilities
-    code = "import time\nprint('go', flush=True)\ntime.sleep(60)" if interrupt else _STOPS_BY_ITSELF
+    code = SLEEPS if interrupt else _STOPS_BY_ITSELF
     op = await peer.start_op(code)
     await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "shutdown"})
@@ -247,7 +241,7 @@ async def eof_after_shutdown(ctx: Context) -> None:
 )
 async def reply_without_request(ctx: Context) -> None:
     peer = await ctx.connect()
-    op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
+    op = await peer.start_op(SLEEPS)
     await peer.wait_output(op, b"go\n")
     await peer.send({"kind": "input_reply", "op": op, "text": "unasked"}, track=False)
     await peer.expect_fatal("a fatal 'unexpected-message' error", ("unexpected-message",))
@@ -330,7 +324,7 @@ async def exit_status(ctx: Context) -> None:
     await peer.close_input()
     await expect_code(peer, 3, "a truncated frame")
     peer = await ctx.connect()
-    op = await peer.start_op("import time\nprint('go', flush=True)\ntime.sleep(60)")
+    op = await peer.start_op(SLEEPS)
     await peer.wait_output(op, b"go\n")
     await peer.close_input()
     await expect_code(peer, 5, "the stream ended mid-op")

@@ -13,6 +13,11 @@ from .._peer import CheckFailed, OpResult, Peer
 _HEADER = struct.Struct(">I")
 
 
+#: Code that prints ``go`` and then sleeps, or spins, for a minute.
+SLEEPS = "import time\nprint('go', flush=True)\ntime.sleep(60)"
+SPINS = "print('go', flush=True)\nwhile True:\n    x = 1"
+
+
 def raw_frame(body: bytes) -> bytes:
     return _HEADER.pack(len(body)) + body
 
