@@ -17,6 +17,7 @@ ONE_LAUNCHER = {
     "test_manager_runner.py",
     "test_forkserver.py",
     "test_conformance_runner.py",  # stdio commands, no launcher
+    "test_pytest_plugin.py",  # its own pytest runs
 }
 
 

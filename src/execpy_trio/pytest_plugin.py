@@ -1,0 +1,148 @@
+"""The pytest plugin (registered through the ``pytest11`` entry point as ``execpy``).
+
+Fixtures:
+
+- ``execpy_runner``: a fresh :class:`~execpy_trio.Runner` for one pytest-trio test
+  (``@pytest.mark.trio``, or ``trio_mode``), closed after it;
+- ``execpy_sync_runner``: a fresh :class:`~execpy_trio.blocking.BlockingRunner` for a
+  plain test, closed after it.
+
+Both are forked from the process-wide fork server (a template that outlives every test's
+Trio loop, started on first use and ended at exit), so a fresh interpreter per test costs
+milliseconds. Options that cannot fork (a sandbox, a command) spawn instead.
+
+``@pytest.mark.execpy(**options)`` sets :class:`~execpy_trio.RunnerOptions` fields for
+one test (``limits=Limits(...)``, ``preload=[...]``, ``env={...}``, ...), over the
+command-line defaults ``--execpy-preload``, ``--execpy-cpu-seconds``,
+``--execpy-memory``, ``--execpy-output-bytes`` and ``--execpy-spawn``.
+
+A test that fails shows its runner's own stderr (its last lines) in the report, and an
+error from the library reaches the report as itself, never wrapped in an ExceptionGroup.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import AsyncIterator, Generator, Iterator
+from typing import Any
+
+import pluggy
+import pytest
+
+from ._errors import ExecpyError
+from ._limits import Limits
+from ._options import RunnerOptions, resolve_options
+
+if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
+    from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
+
+_RUNNER = pytest.StashKey[Any]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("execpy", "execpy-trio runners (the execpy_runner fixtures)")
+    group.addoption(
+        "--execpy-preload",
+        action="append",
+        default=[],
+        metavar="MODULE",
+        help="a module every test's runner imports before it starts (repeatable)",
+    )
+    group.addoption("--execpy-cpu-seconds", type=float, metavar="S", help="CPU seconds per op")
+    group.addoption("--execpy-memory", type=int, metavar="BYTES", help="address space limit")
+    group.addoption("--execpy-output-bytes", type=int, metavar="N", help="output bytes per op")
+    group.addoption(
+        "--execpy-spawn",
+        action="store_true",
+        help="spawn each test's runner instead of forking it from the fork server",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "execpy(**options): RunnerOptions for this test's execpy_runner / execpy_sync_runner "
+        "(limits=Limits(...), preload=[...], env={...}, ...)",
+    )
+
+
+def _options(request: pytest.FixtureRequest) -> RunnerOptions:
+    config = request.config
+    limits = {
+        name: config.getoption(f"--execpy-{name.replace('_', '-')}")
+        for name in ("cpu_seconds", "memory", "output_bytes")
+    }
+    limits = {k: v for k, v in limits.items() if v is not None}
+    base: dict[str, Any] = {}
+    if limits:
+        base["limits"] = Limits(**limits)
+    if config.getoption("--execpy-preload"):
+        base["preload"] = tuple(config.getoption("--execpy-preload"))
+    for marker in reversed(list(request.node.iter_markers("execpy"))):  # nearest wins
+        if marker.args:
+            raise TypeError(
+                "@pytest.mark.execpy takes RunnerOptions fields as keywords, e.g. "
+                f"@pytest.mark.execpy(limits=Limits(cpu_seconds=1)), not {marker.args!r}"
+            )
+        base.update(marker.kwargs)
+    return resolve_options(None, base)
+
+
+def _launcher(request: pytest.FixtureRequest, options: RunnerOptions) -> Any:
+    from .launch import LocalLauncher
+    from .launch._forkserver import can_fork, shared_launcher
+
+    if request.config.getoption("--execpy-spawn") or not can_fork(options):
+        return LocalLauncher()
+    return shared_launcher()
+
+
+@pytest.fixture
+async def execpy_runner(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
+    """A fresh Runner for this (pytest-trio) test, closed after it."""
+    from ._open import open_runner
+
+    options = _options(request)
+    async with open_runner(options, launcher=_launcher(request, options)) as runner:
+        request.node.stash[_RUNNER] = runner
+        yield runner
+
+
+@pytest.fixture
+def execpy_sync_runner(request: pytest.FixtureRequest) -> Iterator[Any]:
+    """A fresh blocking runner for this (plain) test, closed after it."""
+    from . import blocking
+
+    options = _options(request)
+    with blocking.open_runner(options, launcher=_launcher(request, options)) as runner:
+        request.node.stash[_RUNNER] = runner
+        yield runner
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested groups of one, or ``exc``."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    if call.excinfo is not None and isinstance(call.excinfo.value, BaseExceptionGroup):
+        inner = _single(call.excinfo.value)
+        if isinstance(inner, ExecpyError):
+            call.excinfo = pytest.ExceptionInfo.from_exception(inner)
+    outcome = yield
+    report = outcome.get_result()
+    runner = item.stash.get(_RUNNER, None)
+    if report.failed and runner is not None:
+        tail = runner.stderr_tail()
+        state = f"pid {runner.pid}, {runner.state}"
+        if runner.returncode is not None:
+            from ._errors import describe_exit
+
+            state += f", {describe_exit(runner.returncode)}"
+        text = "\n".join(tail) if tail else "(its stderr was empty)"
+        report.sections.append((f"execpy runner ({state}): its stderr", text))

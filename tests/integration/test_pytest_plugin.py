@@ -1,0 +1,114 @@
+"""The pytest plugin, in a real pytest run of a small project (a subprocess, so that the
+plugin is loaded as users get it: through its pytest11 entry point)."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import psutil
+
+PROJECT = """
+import pytest
+import trio
+
+import execpy_trio as ex
+
+
+@pytest.mark.trio
+async def test_async_fixture(execpy_runner):
+    r = await execpy_runner.exec("leak = 1\\n6 * 7")
+    assert r.value == "42"
+
+
+def test_sync_fixture(execpy_sync_runner):
+    assert execpy_sync_runner.eval("1 + 1") == 2
+    execpy_sync_runner.exec("leak = 2")
+
+
+@pytest.mark.trio
+async def test_isolated_async(execpy_runner):
+    assert (await execpy_runner.exec("'leak' in globals()")).value == "False"
+
+
+def test_isolated_sync(execpy_sync_runner):
+    assert execpy_sync_runner.eval("'leak' in globals()") is False
+
+
+@pytest.mark.execpy(limits=ex.Limits(cpu_seconds=0.3), preload=["colorsys"])
+def test_marker(execpy_sync_runner):
+    assert execpy_sync_runner.eval("__import__('sys').modules.get('colorsys') is not None")
+    r = execpy_sync_runner.exec("while True:\\n    x = 1")
+    assert r.error.type == "CPULimitExceeded"
+
+
+def test_option_preload(execpy_sync_runner):
+    assert execpy_sync_runner.eval("'json' in __import__('sys').modules")
+
+
+@pytest.mark.trio
+async def test_a_failing_op(execpy_runner):
+    await execpy_runner.exec("import sys\\nsys.stderr.flush()")
+    await execpy_runner.exec("import os\\nos.kill(os.getpid(), 9)")
+
+
+def test_a_failing_sync_op(execpy_sync_runner):
+    execpy_sync_runner.exec("import os\\nos._exit(3)")
+"""
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_project.py").write_text(textwrap.dedent(PROJECT))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "--execpy-preload",
+            "json",
+            *args,
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+
+
+def test_fixtures_isolation_marker_options_and_reports(tmp_path: Path) -> None:
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    p = _run(tmp_path)
+    out = p.stdout
+    for name in (
+        "async_fixture",
+        "sync_fixture",
+        "isolated_async",
+        "isolated_sync",
+        "marker",
+        "option_preload",
+    ):
+        assert f"PASSED test_project.py::test_{name}" in out, out
+    assert "FAILED test_project.py::test_a_failing_op - execpy_trio" in out, out
+    assert "FAILED test_project.py::test_a_failing_sync_op - execpy_trio" in out, out
+    # The library's error, not an ExceptionGroup, and the runner's own stderr.
+    assert "ExceptionGroup" not in out, out
+    assert "RunnerDied" in out and "SIGKILL" in out, out
+    assert re.search(r"execpy runner \(pid \d+, .*\): its stderr", out), out
+    assert p.returncode == 1
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before  # nothing of the session's is left running
+
+
+def test_spawn_option(tmp_path: Path) -> None:
+    p = _run(tmp_path, "--execpy-spawn", "-k", "isolated or sync_fixture")
+    assert "4 passed" in p.stdout, p.stdout
