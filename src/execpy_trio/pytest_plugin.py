@@ -9,7 +9,9 @@ Fixtures:
 
 Both are forked from the process-wide fork server (a template that outlives every test's
 Trio loop, started on first use and ended at exit), so a fresh interpreter per test costs
-milliseconds. Options that cannot fork (a sandbox, a command) spawn instead.
+milliseconds. The blocking ones come from a session-wide pool (in a Trio loop thread of
+the session) that keeps fresh runners started ahead, so a test rarely waits for one.
+Options that cannot fork (a sandbox, a command) spawn instead.
 
 ``@pytest.mark.execpy(**options)`` sets :class:`~execpy_trio.RunnerOptions` fields for
 one test (``limits=Limits(...)``, ``preload=[...]``, ``env={...}``, ...), over the
@@ -22,6 +24,7 @@ error from the library reaches the report as itself, never wrapped in an Excepti
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
@@ -108,15 +111,61 @@ async def execpy_runner(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
         yield runner
 
 
+class _SyncPools:
+    """The session's blocking runners: one Trio loop thread, and per set of options a small
+    pool whose fresh spares start while earlier tests run, so that a test's runner is
+    usually ready when it asks (a fresh one each time: it is discarded after the test)."""
+
+    def __init__(self) -> None:
+        from .blocking import _Loop
+
+        self.loop = _Loop("execpy-blocking-pytest")
+        self.loop.start()
+        self._held: dict[str, Any] = {}
+
+    def manager(self, options: RunnerOptions, launcher: Any) -> Any:
+        from .manager import open_manager
+
+        key = repr((options, type(launcher).__name__))
+        if key not in self._held:
+            self._held[key] = self.loop.hold(
+                lambda: open_manager(options, size=1, fresh_spares=SPARES, launcher=launcher)
+            )
+        return self._held[key].value
+
+    def close(self) -> None:
+        try:
+            for held in self._held.values():
+                with contextlib.suppress(Exception):
+                    held.close()
+        finally:
+            self.loop.stop()
+
+
+#: Fresh runners each session pool keeps started ahead of the tests.
+SPARES = 2
+
+
+@pytest.fixture(scope="session")
+def _execpy_sync_pools() -> Iterator[_SyncPools]:
+    pools = _SyncPools()
+    yield pools
+    pools.close()
+
+
 @pytest.fixture
-def execpy_sync_runner(request: pytest.FixtureRequest) -> Iterator[Any]:
-    """A fresh blocking runner for this (plain) test, closed after it."""
-    from . import blocking
+def execpy_sync_runner(
+    request: pytest.FixtureRequest, _execpy_sync_pools: _SyncPools
+) -> Iterator[Any]:
+    """A fresh blocking runner for this (plain) test, discarded after it."""
+    from .blocking import BlockingRunner, _holding
 
     options = _options(request)
-    with blocking.open_runner(options, launcher=_launcher(request, options)) as runner:
+    manager = _execpy_sync_pools.manager(options, _launcher(request, options))
+    held = _execpy_sync_pools.loop.hold(lambda: manager.runner(fresh=True))
+    with _holding(held) as runner:
         request.node.stash[_RUNNER] = runner
-        yield runner
+        yield BlockingRunner(_execpy_sync_pools.loop, runner)
 
 
 def _single(exc: BaseException) -> BaseException:
