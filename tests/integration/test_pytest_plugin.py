@@ -112,3 +112,50 @@ def test_fixtures_isolation_marker_options_and_reports(tmp_path: Path) -> None:
 def test_spawn_option(tmp_path: Path) -> None:
     p = _run(tmp_path, "--execpy-spawn", "-k", "isolated or sync_fixture")
     assert "4 passed" in p.stdout, p.stdout
+
+
+def test_the_docs_harnesses_work_as_documented(tmp_path: Path) -> None:
+    """docs/pytest.md's two harnesses, run as a user would copy them."""
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "pytest.md").read_text()
+    fence = "`" * 3
+    blocks = re.findall(fence + r"python\n(.*?)" + fence, doc, re.S)
+    (tmp_path / "test_docs.py").write_text(blocks[1])
+    (tmp_path / "test_grade.py").write_text(blocks[2])
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.md").write_text(
+        f"{fence}python\nx = 1\n{fence}\n\n{fence}python\nassert 'x' not in globals()\n{fence}\n"
+        f"\n{fence}python\n1 / 0\n{fence}\n"
+    )
+    (tmp_path / "submissions").mkdir()
+    (tmp_path / "submissions" / "good.py").write_text("def add(a, b):\n    return a + b\n")
+    (tmp_path / "submissions" / "loops.py").write_text(
+        "def add(a, b):\n    while True:\n        pass\n"
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-rA",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    out = p.stdout
+    for passed in (
+        "test_docs.py::test_snippet_runs[a.md:0]",
+        "test_docs.py::test_snippet_runs[a.md:1]",
+        "test_grade.py::test_grade[good-add]",
+        "test_grade.py::test_grade[good-negative]",
+    ):
+        assert f"PASSED {passed}" in out, out
+    assert "FAILED test_docs.py::test_snippet_runs[a.md:2]" in out and "ZeroDivisionError" in out
+    assert "FAILED test_grade.py::test_grade[loops-add]" in out and "CPULimitExceeded" in out
