@@ -10,6 +10,7 @@ import textwrap
 from pathlib import Path
 
 import psutil
+import pytest
 
 PROJECT = """
 import pytest
@@ -107,6 +108,18 @@ def test_fixtures_isolation_marker_options_and_reports(tmp_path: Path) -> None:
     assert p.returncode == 1
     after = {p.pid for p in psutil.Process().children(recursive=True)}
     assert after <= before  # nothing of the session's is left running
+
+
+def test_under_xdist(tmp_path: Path) -> None:
+    """Two workers, each with its own fork server and pools: the same results, and
+    nothing left running."""
+    pytest.importorskip("xdist", reason="pytest-xdist is not installed (pip install -e .[test])")
+    before = {p.pid for p in psutil.Process().children(recursive=True)}
+    p = _run(tmp_path, "-n", "2")
+    assert "6 passed" in p.stdout and "2 failed" in p.stdout, p.stdout
+    assert "ExceptionGroup" not in p.stdout
+    after = {p.pid for p in psutil.Process().children(recursive=True)}
+    assert after <= before
 
 
 def test_spawn_option(tmp_path: Path) -> None:
