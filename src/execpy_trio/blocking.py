@@ -162,13 +162,18 @@ class _Loop:
         """Enter ``acm()`` in the loop and keep it open until :meth:`_Held.close`."""
         entered: concurrent.futures.Future[tuple[T, trio.Event]] = concurrent.futures.Future()
         exited: concurrent.futures.Future[None] = concurrent.futures.Future()
+        scope = trio.CancelScope()
 
         async def holder() -> None:
             try:
-                async with acm() as value:
-                    release = trio.Event()
-                    entered.set_result((value, release))
-                    await release.wait()
+                with scope:
+                    async with acm() as value:
+                        release = trio.Event()
+                        entered.set_result((value, release))
+                        await release.wait()
+                if scope.cancelled_caught:  # its start was interrupted (Ctrl-C)
+                    _fail_all((entered, exited), KeyboardInterrupt())
+                    return
             except trio.Cancelled:
                 _fail_all((entered, exited), trio.ClosedResourceError("the loop was stopped"))
                 raise
@@ -181,8 +186,12 @@ class _Loop:
         try:
             value, release = entered.result()
         except KeyboardInterrupt:
-            # Starting was interrupted: cancel it and wait for what started to end.
-            self.stop()
+            # Starting was interrupted: cancel this start only, and wait (bounded) for what
+            # it started to end; the loop and what else it holds go on.
+            with contextlib.suppress(trio.ClosedResourceError):
+                self._submit(scope.cancel)
+            with contextlib.suppress(BaseException):
+                exited.result(timeout=INTERRUPT_BOUND)
             raise
         return _Held(self, value, release, exited)
 
@@ -190,6 +199,9 @@ class _Loop:
         """Stop the loop (cancelling whatever still runs in it) and join the thread."""
         if self.closed:
             return
+        if self._thread.is_alive():
+            # A start that was interrupted may not have got its loop going yet.
+            self._ready.wait(THREAD_BOUND)
         if self._token is not None and self._stop is not None:
             with contextlib.suppress(trio.RunFinishedError):
                 trio.from_thread.run_sync(self._stop.set, trio_token=self._token)
@@ -299,6 +311,19 @@ class BlockingRunner:
     def __init__(self, loop: _Loop, runner: Runner) -> None:
         self._loop = loop
         self._runner = runner
+        #: Threads with an exec_stream of this runner open: a call from one of them
+        #: would wait for the stream that waits for it.
+        self._streaming: set[int] = set()
+
+    def _check(self, what: str) -> None:
+        _refuse_inside_trio(what)
+        if threading.get_ident() in self._streaming:
+            raise RuntimeError(
+                f"{what} was called while an exec_stream of this runner is open in this "
+                "thread: the runner runs one op at a time, so it would wait for the stream, "
+                "which waits for you. Finish the stream first (leave its block), or use "
+                "another runner"
+            )
 
     def __repr__(self) -> str:
         return f"<BlockingRunner pid={self._runner.pid} state={self._runner.state}>"
@@ -318,7 +343,7 @@ class BlockingRunner:
         timeout: float | None = None,
     ) -> ExecResult:
         """:meth:`Runner.exec`, waiting at most ``timeout`` seconds."""
-        _refuse_inside_trio("BlockingRunner.exec")
+        self._check("BlockingRunner.exec")
 
         async def run() -> ExecResult:
             return await self._runner.exec(
@@ -331,7 +356,7 @@ class BlockingRunner:
         self, expr: str, *, variables: Mapping[str, Any] | None = None, timeout: float | None = None
     ) -> Any:
         """:meth:`Runner.eval`, waiting at most ``timeout`` seconds."""
-        _refuse_inside_trio("BlockingRunner.eval")
+        self._check("BlockingRunner.eval")
 
         async def run() -> Any:
             return await self._runner.eval(expr, variables=variables)
@@ -349,16 +374,21 @@ class BlockingRunner:
     ) -> Iterator[BlockingOperation]:
         """:meth:`Runner.exec_stream` as a plain context manager yielding a
         :class:`BlockingOperation`. ``timeout`` bounds each wait for an event."""
-        _refuse_inside_trio("BlockingRunner.exec_stream")
+        self._check("BlockingRunner.exec_stream")
         held = self._loop.hold(
             lambda: self._runner.exec_stream(code, variables=variables, filename=filename)
         )
-        with _holding(held) as op:
-            yield BlockingOperation(self._loop, op, timeout)
+        me = threading.get_ident()
+        self._streaming.add(me)
+        try:
+            with _holding(held) as op:
+                yield BlockingOperation(self._loop, op, timeout)
+        finally:
+            self._streaming.discard(me)
 
     def ping(self, *, timeout: float | None = None) -> float:
         """:meth:`Runner.ping`: the round trip in seconds."""
-        _refuse_inside_trio("BlockingRunner.ping")
+        self._check("BlockingRunner.ping")
         return self._loop.call(self._runner.ping, timeout=timeout, what="ping")
 
     def statistics(self) -> RunnerStatistics:
@@ -466,8 +496,8 @@ def _in_loop(
     name: str, acm: Callable[[], contextlib.AbstractAsyncContextManager[T]]
 ) -> Iterator[tuple[_Loop, T]]:
     loop = _Loop(name)
-    loop.start()
     try:
+        loop.start()
         held = loop.hold(acm)
     except BaseException:
         loop.stop()

@@ -29,6 +29,7 @@ import sys
 from collections.abc import AsyncIterator, Generator, Iterator
 from typing import Any
 
+import attrs
 import pluggy
 import pytest
 
@@ -39,7 +40,8 @@ from ._options import RunnerOptions, resolve_options
 if sys.version_info < (3, 11):  # pragma: no cover - the venv runs 3.11
     from exceptiongroup import BaseExceptionGroup  # type: ignore[import-not-found,unused-ignore]
 
-_RUNNER = pytest.StashKey[Any]()
+#: The runners a test's fixtures gave it, for its report.
+_RUNNERS = pytest.StashKey[list[Any]]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,7 +89,19 @@ def _options(request: pytest.FixtureRequest) -> RunnerOptions:
                 "@pytest.mark.execpy takes RunnerOptions fields as keywords, e.g. "
                 f"@pytest.mark.execpy(limits=Limits(cpu_seconds=1)), not {marker.args!r}"
             )
-        base.update(marker.kwargs)
+        kwargs = dict(marker.kwargs)
+        limits_given = kwargs.pop("limits", None)
+        if isinstance(limits_given, Limits) and isinstance(base.get("limits"), Limits):
+            # Limits merge limit by limit: a marker's cpu_seconds keeps --execpy-memory.
+            given = {
+                f.name: getattr(limits_given, f.name)
+                for f in attrs.fields(Limits)
+                if getattr(limits_given, f.name) is not None
+            }
+            base["limits"] = attrs.evolve(base["limits"], **given)
+        elif limits_given is not None or "limits" in marker.kwargs:
+            base["limits"] = limits_given
+        base.update(kwargs)
     return resolve_options(None, base)
 
 
@@ -107,7 +121,7 @@ async def execpy_runner(request: pytest.FixtureRequest) -> AsyncIterator[Any]:
 
     options = _options(request)
     async with open_runner(options, launcher=_launcher(request, options)) as runner:
-        request.node.stash[_RUNNER] = runner
+        request.node.stash.setdefault(_RUNNERS, []).append(runner)
         yield runner
 
 
@@ -127,7 +141,15 @@ class _SyncPools:
         from .manager import open_manager
 
         key = repr((options, type(launcher).__name__))
-        if key not in self._held:
+        if key in self._held:
+            self._held[key] = self._held.pop(key)  # the most recently used goes last
+        else:
+            while len(self._held) >= MAX_POOLS:
+                # Many option sets (a parametrized env, cwd=tmp_path): keep the recent few.
+                _, oldest = next(iter(self._held.items()))
+                del self._held[next(iter(self._held))]
+                with contextlib.suppress(Exception):
+                    oldest.close()
             self._held[key] = self.loop.hold(
                 lambda: open_manager(options, size=1, fresh_spares=SPARES, launcher=launcher)
             )
@@ -144,6 +166,8 @@ class _SyncPools:
 
 #: Fresh runners each session pool keeps started ahead of the tests.
 SPARES = 2
+#: Pools (sets of options) kept at once; the least recently used is closed past it.
+MAX_POOLS = 4
 
 
 @pytest.fixture(scope="session")
@@ -164,7 +188,7 @@ def execpy_sync_runner(
     manager = _execpy_sync_pools.manager(options, _launcher(request, options))
     held = _execpy_sync_pools.loop.hold(lambda: manager.runner(fresh=True))
     with _holding(held) as runner:
-        request.node.stash[_RUNNER] = runner
+        request.node.stash.setdefault(_RUNNERS, []).append(runner)
         yield BlockingRunner(_execpy_sync_pools.loop, runner)
 
 
@@ -179,14 +203,16 @@ def _single(exc: BaseException) -> BaseException:
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
 ) -> Generator[None, pluggy.Result[pytest.TestReport], None]:
+    runners = item.stash.get(_RUNNERS, [])
     if call.excinfo is not None and isinstance(call.excinfo.value, BaseExceptionGroup):
         inner = _single(call.excinfo.value)
-        if isinstance(inner, ExecpyError):
+        if isinstance(inner, ExecpyError) or (runners and inner is not call.excinfo.value):
             call.excinfo = pytest.ExceptionInfo.from_exception(inner)
     outcome = yield
     report = outcome.get_result()
-    runner = item.stash.get(_RUNNER, None)
-    if report.failed and runner is not None:
+    if not report.failed:
+        return
+    for runner in runners:
         tail = runner.stderr_tail()
         state = f"pid {runner.pid}, {runner.state}"
         if runner.returncode is not None:

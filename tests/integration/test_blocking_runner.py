@@ -148,3 +148,31 @@ def test_manager_exec_eval_stream_and_leases() -> None:
     assert _our_threads() == set()
     with pytest.raises(trio.ClosedResourceError):
         manager.exec("1")
+
+
+def test_a_call_from_inside_its_own_stream_is_an_error_not_a_deadlock(
+    runner: blocking.BlockingRunner,
+) -> None:
+    with runner.exec_stream("print(input())") as op:
+        with pytest.raises(RuntimeError, match="exec_stream of this runner is open"):
+            runner.exec("1")
+        for event in op:
+            if isinstance(event, ex.InputRequest):
+                op.send_input("x")
+    assert runner.exec("6 * 7").value == "42"  # and after the stream, calls work again
+
+
+def test_ctrl_c_while_a_stream_starts_ends_that_stream_only(
+    runner: blocking.BlockingRunner,
+) -> None:
+    """An interrupted start cancels that start, not the runner's whole loop."""
+    busy = threading.Thread(target=runner.exec, args=("import time\ntime.sleep(1.5)",))
+    busy.start()
+    time.sleep(0.2)  # the stream below waits for that op
+    timer = threading.Timer(0.3, os.kill, (os.getpid(), signal.SIGINT))
+    timer.start()
+    with pytest.raises(KeyboardInterrupt), runner.exec_stream("1"):
+        pass
+    timer.join()
+    busy.join()
+    assert runner.exec("6 * 7").value == "42"

@@ -172,3 +172,78 @@ def test_the_docs_harnesses_work_as_documented(tmp_path: Path) -> None:
         assert f"PASSED {passed}" in out, out
     assert "FAILED test_docs.py::test_snippet_runs[a.md:2]" in out and "ZeroDivisionError" in out
     assert "FAILED test_grade.py::test_grade[loops-add]" in out and "CPULimitExceeded" in out
+
+
+def test_marker_limits_merge_with_the_command_line_limit_by_limit(tmp_path: Path) -> None:
+    (tmp_path / "test_merge.py").write_text(
+        textwrap.dedent("""
+        import pytest
+        import execpy_trio as ex
+
+        pytestmark = pytest.mark.execpy(limits=ex.Limits(output_bytes=1000))
+
+        @pytest.mark.execpy(limits=ex.Limits(memory=1 << 30))
+        def test_merged(execpy_sync_runner):
+            r = execpy_sync_runner.exec("while True:\\n    x = 1")
+            assert r.error.type == "CPULimitExceeded"   # from --execpy-cpu-seconds
+            r = execpy_sync_runner.exec("print('x' * 5000)")
+            assert r.error.type == "OutputLimitExceeded"  # from the module's marker
+            r = execpy_sync_runner.exec("b = b'x' * (2 << 30)")
+            assert r.error.type == "MemoryError"  # from the test's marker
+    """)
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            "--execpy-cpu-seconds",
+            "0.3",
+            str(tmp_path / "test_merge.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert "1 passed" in p.stdout, p.stdout
+
+
+def test_many_option_sets_keep_a_bounded_number_of_pools(tmp_path: Path) -> None:
+    (tmp_path / "test_envs.py").write_text(
+        textwrap.dedent("""
+        import psutil
+        import pytest
+
+        @pytest.mark.parametrize("i", range(20))
+        def test_env(request, i):
+            request.applymarker(pytest.mark.execpy(env={"I": str(i)}))
+            runner = request.getfixturevalue("execpy_sync_runner")
+            assert runner.eval("__import__('os').environ.get('I')") == str(i)
+            # 4 pools of 3 runners at most, and the fork server's template.
+            assert len(psutil.Process().children(recursive=True)) <= 20
+    """)
+    )
+    p = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pytest",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "--rootdir",
+            str(tmp_path),
+            str(tmp_path / "test_envs.py"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert "20 passed" in p.stdout, p.stdout
