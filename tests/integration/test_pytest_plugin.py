@@ -61,8 +61,8 @@ def test_a_failing_sync_op(execpy_sync_runner):
 """
 
 
-def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    (tmp_path / "test_project.py").write_text(textwrap.dedent(PROJECT))
+def pytest_in(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """A real pytest run in ``tmp_path`` (the plugin loaded through its entry point)."""
     return subprocess.run(
         [
             sys.executable,
@@ -74,16 +74,18 @@ def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
             "no:cacheprovider",
             "--rootdir",
             str(tmp_path),
-            "--execpy-preload",
-            "json",
             *args,
-            str(tmp_path),
         ],
         capture_output=True,
         text=True,
         timeout=300,
         cwd=tmp_path,
     )
+
+
+def _run(tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "test_project.py").write_text(textwrap.dedent(PROJECT))
+    return pytest_in(tmp_path, "--execpy-preload", "json", *args, str(tmp_path))
 
 
 def test_fixtures_isolation_marker_options_and_reports(tmp_path: Path) -> None:
@@ -144,24 +146,7 @@ def test_the_docs_harnesses_work_as_documented(tmp_path: Path) -> None:
     (tmp_path / "submissions" / "loops.py").write_text(
         "def add(a, b):\n    while True:\n        pass\n"
     )
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-rA",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            str(tmp_path),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    p = pytest_in(tmp_path, str(tmp_path))
     out = p.stdout
     for passed in (
         "test_docs.py::test_snippet_runs[a.md:0]",
@@ -192,25 +177,7 @@ def test_marker_limits_merge_with_the_command_line_limit_by_limit(tmp_path: Path
             assert r.error.type == "MemoryError"  # from the test's marker
     """)
     )
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            str(tmp_path),
-            "--execpy-cpu-seconds",
-            "0.3",
-            str(tmp_path / "test_merge.py"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    p = pytest_in(tmp_path, "--execpy-cpu-seconds", "0.3", str(tmp_path / "test_merge.py"))
     assert "1 passed" in p.stdout, p.stdout
 
 
@@ -229,21 +196,5 @@ def test_many_option_sets_keep_a_bounded_number_of_pools(tmp_path: Path) -> None
             assert len(psutil.Process().children(recursive=True)) <= 20
     """)
     )
-    p = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pytest",
-            "-q",
-            "-p",
-            "no:cacheprovider",
-            "--rootdir",
-            str(tmp_path),
-            str(tmp_path / "test_envs.py"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=300,
-        cwd=tmp_path,
-    )
+    p = pytest_in(tmp_path, str(tmp_path / "test_envs.py"))
     assert "20 passed" in p.stdout, p.stdout
