@@ -67,7 +67,7 @@ def test_every_check_quotes_its_own_section_word_for_word() -> None:
 
 
 def test_every_rule_the_kit_cites_is_quoted_from_the_spec() -> None:
-    from execpy_trio.conformance._peer import RULES
+    from execpy_trio.conformance._rules import RULES
 
     sections = _sections()
     for key, quote in RULES.items():

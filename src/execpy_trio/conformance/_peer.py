@@ -6,9 +6,8 @@ Connection: it sends what a check tells it to, including what no client may send
 bytes, stale op ids, a done from the client), and it reads only when a check asks, so
 that a check can stop reading and see backpressure. What it receives it holds to the spec
 frame by frame (:meth:`Peer.receive`): the frame format and size, the sender's encoding
-rules (:mod:`._wire`), the message schema, the role, and a model of the connection and
-its ops (who may send what when; exactly one done per op, none of its output after it).
-The first breach fails the check, citing the rule.
+and the schema (:mod:`._rules`), and the kit's model of the connection and its ops
+(:mod:`._model`). The first breach fails the check, citing the rule.
 """
 
 from __future__ import annotations
@@ -18,7 +17,6 @@ import os
 import signal
 import struct
 import subprocess
-from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -34,21 +32,18 @@ from ..protocol import (
     Message,
     Output,
     Pong,
-    RemoteProtocolError,
-    UnknownMessage,
     Welcome,
-    message_from_wire,
     pack_body,
-    unpack_body,
 )
-from ._wire import SENDER_MAX_NESTING, read_shape
+from ._log import FrameLog, describe, hexdump, key_of, summarize
+from ._model import ConnectionModel
+from ._rules import CheckFailed, check_frame, violation
+
+__all__ = ["CheckFailed", "FrameLog", "OpResult", "Peer", "describe", "hello_of", "key_of"]
 
 #: The protocol version the kit speaks.
 KIT_VERSION = (1, 1)
 _HEADER = struct.Struct(">I")
-#: Frames shown in a report: the first and the last of a check's log.
-LOG_HEAD = 60
-LOG_TAIL = 60
 #: Bytes of the runner's own stderr kept for the report.
 STDERR_TAIL = 8192
 #: How long a runner has to exit once it has closed the stream or been told to.
@@ -59,105 +54,6 @@ DRAIN_BOUND = 1.0
 BARRIER_LIMIT = 100
 #: Output the kit keeps for one op: more than any check's code writes.
 OP_OUTPUT_LIMIT = 64 * 1024 * 1024
-
-# The rules every frame is held to, quoted from spec/protocol.md by section.
-RULES = {
-    "3.1": "The body MUST be a single msgpack value that spans exactly `length` bytes",
-    "3.2 keys": "The keys of the message map MUST be str.",
-    "3.2 duplicates": "A sender MUST NOT write the same key twice in one map.",
-    "3.2 nesting": "A sender MUST NOT nest containers more than **512** levels deep",
-    "3.3": "a side MUST NOT send a frame whose body is larger than the **peer's** `max_frame`.",
-    "4.1": "Every message is a msgpack map. It MUST have a `kind` key whose value is a str "
-    "naming the message.",
-    "4.1 fields": "A required field that is missing, or any field whose value does not have the "
-    "listed type or is outside the listed values, makes the message invalid (`bad-message`).",
-    "4.2 done": "MUST be sent as nil; a receiver MUST ignore a non-nil value (not invalid)",
-    "4.2 exec value": "`exec`: the `repr()` (a str) of the last expression statement's value, "
-    "or nil when the code does not end in an expression or its value is None.",
-    "5": "The runner MUST NOT send anything before it has received `hello`.",
-    "7": "A sender MUST NOT send a message that has no transition in its current state",
-    "8": "send one fatal `error` whose `code` names the problem and whose `message` says what "
-    "arrived and in which state (best effort: the peer may be gone), and close the connection.",
-    "12": "A side MUST NOT send a new kind to a peer whose `welcome`/`hello` announces a lower "
-    "minor version unless a capability says the peer understands it.",
-}
-
-
-class CheckFailed(Exception):
-    """The runner did not do what the check requires.
-
-    ``rule``: the spec's words the runner broke, when that is not the check's own
-    requirement (a frame that broke a general rule, in any check).
-    """
-
-    def __init__(self, expected: str, got: str, *, rule: str | None = None) -> None:
-        super().__init__(f"expected {expected}; got {got}")
-        self.expected = expected
-        self.got = got
-        self.rule = rule
-
-
-def violation(section: str, got: str, expected: str) -> CheckFailed:
-    return CheckFailed(expected, got, rule=f"{section.split()[0]}: {RULES[section]}")
-
-
-def summarize(value: Any, limit: int = 160, depth: int = 0) -> str:
-    """A one-line view of a decoded value, with byte strings, long texts and deep nesting
-    cut (a runner may send 1024 levels)."""
-    if type(value) in (dict, list) and depth >= 6:
-        text = "{...}" if type(value) is dict else "[...]"
-    elif type(value) is dict:
-        inner = ", ".join(
-            f"{k!r}: {summarize(v, 60, depth + 1)}" for k, v in list(value.items())[:12]
-        )
-        text = "{" + inner + (", ..." if len(value) > 12 else "") + "}"
-    elif type(value) is list:
-        inner = ", ".join(summarize(v, 40, depth + 1) for v in value[:8])
-        text = "[" + inner + (", ..." if len(value) > 8 else "") + "]"
-    elif type(value) is bytes:
-        text = repr(value[:48]) + (f"...({len(value)} bytes)" if len(value) > 48 else "")
-    else:
-        text = repr(value)
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
-def hexdump(data: bytes, limit: int = 24) -> str:
-    shown = data[:limit].hex(" ")
-    return shown + (f" ... ({len(data)} bytes)" if len(data) > limit else "")
-
-
-class FrameLog:
-    """The frames of one check, both ways, with times: the first LOG_HEAD and the last
-    LOG_TAIL kept (a check that streams 64 MB logs a thousand frames)."""
-
-    def __init__(self) -> None:
-        self.start = trio.current_time()
-        self.head: list[str] = []
-        self.tail: deque[str] = deque(maxlen=LOG_TAIL)
-        self.count = 0
-
-    def add(self, who: str, text: str) -> None:
-        line = f"{trio.current_time() - self.start:8.3f} {who} {text}"
-        self.count += 1
-        if len(self.head) < LOG_HEAD:
-            self.head.append(line)
-        else:
-            self.tail.append(line)
-
-    def lines(self) -> list[str]:
-        omitted = self.count - len(self.head) - len(self.tail)
-        middle = [f"         ... {omitted} frames not shown ..."] if omitted > 0 else []
-        return [*self.head, *middle, *self.tail]
-
-
-@attrs.define
-class OpTrack:
-    """What the kit knows of one op it opened."""
-
-    kind: str
-    allow_stdin: bool
-    state: str = "sent"  # sent -> running -> done | rejected
-    input_pending: bool = False
 
 
 @attrs.define
@@ -217,11 +113,8 @@ class Peer:
         self._buffer = bytearray()
         self._eof = False
         self.stderr_tail = bytearray()
-        self.welcome: Welcome | None = None
-        #: The largest body the kit accepts; the hello announces it.
-        self.max_frame = DEFAULT_MAX_FRAME
-        #: The largest body the runner accepts (from its welcome).
-        self.runner_max_frame = HANDSHAKE_MAX_FRAME
+        #: The kit's model of the connection: every frame received is held to it.
+        self.model = ConnectionModel()
         self.notes: list[str] = []
         #: What the check is waiting for, for the report when its time runs out.
         self.waiting_for = "the runner to start"
@@ -232,15 +125,37 @@ class Peer:
         self._last = ""
         self._next_op = 0
         self._next_token = 0
-        # The model of the connection, from the kit's side.
-        self.state = "new"  # new, hello-sent, open, closing, error
-        self.fatal: Error | None = None
-        self.ops: dict[int, OpTrack] = {}
-        #: Ops of requests the kit sent to be refused, by op id: what was sent.
-        self.refused_ops: dict[Any, str] = {}
-        self.in_flight: int | None = None
-        self.pings: set[int] = set()
-        self.answered_pings: set[int] = set()
+
+    # What checks read of the model (and set: a check that sends raw bytes says which
+    # state the connection is in).
+
+    @property
+    def state(self) -> str:
+        return self.model.state
+
+    @state.setter
+    def state(self, value: str) -> None:
+        self.model.state = value
+
+    @property
+    def welcome(self) -> Welcome | None:
+        return self.model.welcome
+
+    @property
+    def fatal(self) -> Error | None:
+        return self.model.fatal
+
+    @property
+    def max_frame(self) -> int:
+        return self.model.max_frame
+
+    @property
+    def runner_max_frame(self) -> int:
+        return self.model.runner_max_frame
+
+    def track(self, value: dict[str, Any]) -> None:
+        """Track a message the check sent as raw bytes, as :meth:`send` tracks its own."""
+        self.model.on_send(value)
 
     # -- the process ------------------------------------------------------------------------
 
@@ -319,9 +234,9 @@ class Peer:
         body = pack_body(value)
         self.log.add(f"{self.name}C", summarize(value, 300))
         if track:
-            self._on_send(value)
+            self.model.on_send(value)
         elif type(value) is dict and value.get("kind") in ("exec", "eval"):
-            self.refused_ops[value.get("op")] = summarize(value, 120)
+            self.model.refused_ops[value.get("op")] = summarize(value, 120)
         await self._write(
             _HEADER.pack(len(body)) + body,
             f"its {value.get('kind')!r}" if type(value) is dict else "",
@@ -331,7 +246,7 @@ class Peer:
         """Send bytes as they are; ``refused_op``: the op id of a request in them that the
         runner must refuse (so that accepting it is reported as such)."""
         if refused_op is not None:
-            self.refused_ops[refused_op] = what
+            self.model.refused_ops[refused_op] = what
         self.log.add(f"{self.name}C", f"raw bytes ({what}): {hexdump(data)}")
         await self._write(data, what)
 
@@ -355,23 +270,6 @@ class Peer:
         if self.process.stdin is not None:
             with contextlib.suppress(trio.BrokenResourceError, trio.ClosedResourceError):
                 await self.process.stdin.aclose()
-
-    def _on_send(self, value: dict[str, Any]) -> None:
-        kind = value.get("kind")
-        if kind == "hello":
-            self.state = "hello-sent"
-            self.max_frame = value.get("max_frame", self.max_frame)
-        elif kind in ("exec", "eval"):
-            op = value["op"]
-            self.ops[op] = OpTrack(kind, bool(value.get("allow_stdin")))
-        elif kind == "input_reply":
-            track = self.ops.get(value["op"])
-            if track is not None:
-                track.input_pending = False
-        elif kind == "ping":
-            self.pings.add(value["token"])
-        elif kind == "shutdown":
-            self.state = "closing"
 
     # -- receiving --------------------------------------------------------------------------
 
@@ -431,201 +329,18 @@ class Peer:
             )
         body = bytes(self._buffer[4 : 4 + length])
         del self._buffer[: 4 + length]
-        message = self._check_frame(body)
+        message = check_frame(body, self.max_frame, self._log_received, self.note)
         self.received += 1
         self._last = describe(message)
-        self._check_model(message)
+        self.model.on_receive(message, self.waiting_for)
         return message
 
-    def _check_frame(self, body: bytes) -> Message:
-        """Decode one body and hold it to sections 3 and 4, or raise CheckFailed."""
-        try:
-            value = unpack_body(body, self.max_frame)
-        except RemoteProtocolError as exc:
-            self.log.add(f"{self.name}R", f"undecodable body: {hexdump(body)}")
-            raise violation(
-                "3.1", f"a body the kit cannot decode: {exc}", "one msgpack map"
-            ) from None
-        self.log.add(f"{self.name}R", summarize(value, 300))
-        if type(value) is not dict:
-            raise violation("4.1", f"a body holding {summarize(value)}", "a msgpack map")
-        shape = read_shape(body)
-        for key in shape.keys:
-            if type(key) is not str:
-                raise violation("3.2 keys", f"the key {key!r} in the message map", "str keys")
-        if shape.duplicates:
-            level, key = shape.duplicates[0]
-            raise violation(
-                "3.2 duplicates",
-                f"the key {key!r} twice in one map (nesting level {level})",
-                "each key once per map",
-            )
-        if shape.depth > SENDER_MAX_NESTING:
-            raise violation(
-                "3.2 nesting",
-                f"containers nested {shape.depth} levels deep",
-                f"at most {SENDER_MAX_NESTING} levels",
-            )
-        kind = value.get("kind")
-        if shape.long_encodings:
-            offset, what = shape.long_encodings[0]
-            self.note(
-                f"3.2 (SHOULD): a {kind!r} frame uses a longer encoding than needed: {what} "
-                f"at byte {offset}"
-                + (
-                    f" (and {len(shape.long_encodings) - 1} more)"
-                    if len(shape.long_encodings) > 1
-                    else ""
-                )
-            )
-        if shape.keys and shape.keys[0] != "kind":
-            self.note(f"4.1 (SHOULD): a {kind!r} frame does not write 'kind' first: {shape.keys}")
-        try:
-            message = message_from_wire(value)
-        except RemoteProtocolError as exc:
-            raise violation("4.1 fields", f"an invalid message: {exc}", "a valid message") from None
-        if type(message) is UnknownMessage:
-            raise violation(
-                "12",
-                f"a message of kind {message.kind!r}, which protocol 1.1 does not define",
-                "only kinds of the client's version",
-            )
-        if message.SENDER == "client":
-            raise violation(
-                "7", f"a {message.KIND!r} message, which only a client sends", "runner messages"
-            )
-        return message
+    def _log_received(self, text: str) -> None:
+        self.log.add(f"{self.name}R", text)
 
     def note(self, text: str) -> None:
         if text not in self.notes and len(self.notes) < 20:
             self.notes.append(text)
-
-    def _check_model(self, msg: Message) -> None:
-        """Hold a decoded message to the state machines of section 7, or raise CheckFailed."""
-        kind = msg.KIND
-        if self.fatal is not None:
-            raise violation(
-                "8",
-                f"a {kind!r} message after its fatal error {summarize(self.fatal.to_wire())}",
-                "the runner to close the connection after a fatal error",
-            )
-        if self.state == "new":
-            raise violation("5", f"a {kind!r} message before the kit sent hello", "nothing")
-        if type(msg) is Error and msg.fatal:
-            self.fatal = msg
-            self.state = "error"
-            return
-        if self.state == "hello-sent" and type(msg) is not Welcome:
-            raise violation(
-                "7", f"a {key_of(msg)!r} message before the welcome", "a welcome or a fatal error"
-            )
-        if type(msg) is Error:
-            if msg.op is not None:
-                self._on_reject(msg)
-            return
-        if self.state == "hello-sent":
-            if type(msg) is not Welcome:
-                raise violation("7", f"a {kind!r} message before the welcome", "welcome")
-            self._on_welcome(msg)
-            return
-        if type(msg) is Welcome:
-            raise violation("7", "a second welcome", "one welcome per connection")
-        if type(msg) is Pong:
-            if msg.token not in self.pings or msg.token in self.answered_pings:
-                raise violation(
-                    "7",
-                    f"a pong with token {msg.token}, which no unanswered ping carried",
-                    "one pong per ping, with its token",
-                )
-            self.answered_pings.add(msg.token)
-            return
-        self._on_op_message(msg)
-
-    def _on_welcome(self, msg: Welcome) -> None:
-        self.welcome = msg
-        self.state = "open" if self.state == "hello-sent" else self.state
-        if not 65536 <= msg.max_frame <= 0xFFFFFFFF:
-            raise violation(
-                "4.1 fields",
-                f"a welcome announcing max_frame {msg.max_frame}",
-                "max_frame between 65536 and 4294967295",
-            )
-        self.runner_max_frame = msg.max_frame
-
-    def _on_reject(self, msg: Error) -> None:
-        assert msg.op is not None
-        track = self.ops.get(msg.op)
-        if track is None or track.state != "sent":
-            what = "an op the kit never opened" if track is None else f"an op that is {track.state}"
-            raise violation(
-                "7",
-                f"a rejection ({msg.code}) of op {msg.op}, {what}",
-                "a rejection only as the first and only message about an op",
-            )
-        track.state = "rejected"
-
-    def _on_op_message(self, msg: Message) -> None:
-        op: int = msg.op  # type: ignore[attr-defined]
-        track = self.ops.get(op)
-        if track is None and op in self.refused_ops:
-            # Not a breach of the state machine: the runner took a request it had to refuse.
-            raise CheckFailed(
-                self.waiting_for,
-                f"a {msg.KIND!r} for op {op}: the runner accepted {self.refused_ops[op]}",
-            )
-        if track is None:
-            raise violation(
-                "7",
-                f"a {msg.KIND!r} for op {op}, which the kit never opened",
-                "messages about open ops",
-            )
-        if track.state in ("done", "rejected"):
-            raise violation(
-                "7",
-                f"a {msg.KIND!r} for op {op} after its "
-                + ("done" if track.state == "done" else "rejection"),
-                "nothing about an op after its end",
-            )
-        if self.in_flight is None:
-            self.in_flight = op
-            track.state = "running"
-        elif self.in_flight != op:
-            raise violation(
-                "7",
-                f"a {msg.KIND!r} for op {op} while op {self.in_flight} is in flight",
-                f"messages about op {self.in_flight} until its done",
-            )
-        track.state = "running"
-        if type(msg) is InputRequest:
-            if not track.allow_stdin:
-                raise violation(
-                    "7",
-                    f"an input_request for op {op}, whose {track.kind} did not allow stdin",
-                    "EOFError in the code, no input_request (section 6.6)",
-                )
-            if track.input_pending:
-                raise violation(
-                    "7",
-                    f"a second input_request for op {op} before the kit answered the first",
-                    "at most one outstanding input_request",
-                )
-            track.input_pending = True
-        elif type(msg) is Done:
-            if msg.status != "ok" and msg.value is not None:
-                raise violation(
-                    "4.2 done",
-                    f"a done {msg.status!r} for op {op} with value {summarize(msg.value)}",
-                    "the value nil",
-                )
-            if track.kind == "exec" and msg.value is not None and type(msg.value) is not str:
-                raise violation(
-                    "4.2 exec value",
-                    f"a done for exec op {op} with value {summarize(msg.value)}",
-                    "a str (the repr) or nil",
-                )
-            track.state = "done"
-            track.input_pending = False
-            self.in_flight = None
 
     def _ended(self) -> str:
         code = self.returncode
@@ -830,20 +545,6 @@ def hello_of(**fields: Any) -> dict[str, Any]:
     }
     hello.update(fields)
     return hello
-
-
-def key_of(msg: Message) -> str:
-    if type(msg) is Error:
-        return (
-            "error/fatal" if msg.fatal else "error/reject" if msg.op is not None else "error/notice"
-        )
-    return msg.KIND
-
-
-def describe(msg: Message) -> str:
-    if type(msg) is UnknownMessage:
-        return f"a {msg.kind!r} message"
-    return f"{msg.KIND} {summarize(msg.to_wire(), 300)}"
 
 
 def describe_events(result: OpResult) -> str:

@@ -28,7 +28,7 @@ async def byte_stream(ctx: Context) -> None:
     hello = msgpack.packb(hello_of())
     data = raw_frame(hello)
     peer.log.add("C", "hello, one byte per write")
-    peer._on_send(msgpack.unpackb(hello))
+    peer.track(msgpack.unpackb(hello))
     for i in range(len(data)):
         await peer._write(data[i : i + 1])
         await trio.sleep(0.001)
@@ -38,7 +38,7 @@ async def byte_stream(ctx: Context) -> None:
     pings = [{"kind": "ping", "token": t} for t in (1, 2)]
     execs = [{"kind": "exec", "op": op, "code": f"{op} * 2"} for op in (1, 2)]
     for value in (*pings, *execs):
-        peer._on_send(value)
+        peer.track(value)
     p1, p2, e1, e2 = (raw_frame(msgpack.packb(v)) for v in (*pings, *execs))
     await peer.send_raw(p1 + p2 + e1[:2], "two pings and the first 2 bytes of an exec")
     await trio.sleep(0.05)
@@ -150,7 +150,7 @@ async def map_keys(ctx: Context) -> None:
 async def bin_key_ignored(ctx: Context) -> None:
     peer = await ctx.connect()
     body = raw_map([("kind", "exec"), ("op", 1), (b"code", "1 / 0"), ("code", "40 + 2")])
-    peer._on_send({"kind": "exec", "op": 1, "code": "40 + 2"})
+    peer.track({"kind": "exec", "op": 1, "code": "40 + 2"})
     await peer.send_raw(raw_frame(body), "an exec with an extra bin key b'code'")
     expect_value(await peer.collect(1), "42")
 
@@ -164,7 +164,7 @@ async def bin_key_ignored(ctx: Context) -> None:
 async def duplicate_keys(ctx: Context) -> None:
     peer = await ctx.connect()
     body = raw_map([("kind", "exec"), ("op", 1), ("code", "1 / 0"), ("code", "40 + 2")])
-    peer._on_send({"kind": "exec", "op": 1, "code": "40 + 2"})
+    peer.track({"kind": "exec", "op": 1, "code": "40 + 2"})
     await peer.send_raw(raw_frame(body), "an exec whose 'code' is written twice")
     expect_value(await peer.collect(1), "42")
 
@@ -193,7 +193,7 @@ async def nesting_512(ctx: Context) -> None:
             ("variables", Raw(b"\x81\xa1v" + _nested(510))),
         ]
     )
-    peer._on_send({"kind": "exec", "op": 1, "code": code})
+    peer.track({"kind": "exec", "op": 1, "code": code})
     await peer.send_raw(raw_frame(body), "an exec whose variables nest 512 levels in all")
     expect_value(await peer.collect(1), "509")
 

@@ -34,7 +34,7 @@ async def unknown_fields(ctx: Context) -> None:
 async def keys_any_order(ctx: Context) -> None:
     peer = await ctx.connect()
     body = raw_map([("code", "40 + 2"), ("op", 1), ("kind", "exec")])
-    peer._on_send({"kind": "exec", "op": 1, "code": "40 + 2"})
+    peer.track({"kind": "exec", "op": 1, "code": "40 + 2"})
     await peer.send_raw(raw_frame(body), "an exec with 'kind' last")
     expect_value(await peer.collect(1), "42")
 
