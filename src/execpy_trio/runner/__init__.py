@@ -41,3 +41,7 @@ EXIT_CHANNEL_LOST = 5
 EXIT_PARENT_DIED = 6
 EXIT_SETUP_FAILED = 7
 EXIT_INTERNAL = 70
+
+
+class UsageError(Exception):
+    """A bad command line, or a channel descriptor that cannot be used (exit 2)."""

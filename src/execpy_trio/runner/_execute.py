@@ -36,6 +36,9 @@ CACHE_MAX_SOURCE = 4096
 #: Traceback entries shown by default (the innermost ones), as in Python's printer.
 TB_LIMIT = 1000
 
+#: Objects of the client's budget kept for a done's own fields around an eval value.
+DONE_RESERVE = 16
+
 
 def _has_nested_code(code: CodeType) -> bool:
     return any(type(c) is _CodeType for c in code.co_consts)
@@ -188,6 +191,58 @@ class Executor:
             "message": _clip(message, limit),
             "traceback": _clip(text, limit),
         }
+
+    # -- what an op's done carries ------------------------------------------------------
+
+    def exec_value(self, value: Any, limit: int) -> str | None:
+        """An exec's value as the done carries it: its repr (cut to ``limit`` bytes), and
+        stored as ``_`` in the builtins, as the interactive interpreter does."""
+        if value is None:
+            return None
+        builtins._ = value  # type: ignore[attr-defined]
+        return clip_head(repr(value), limit)
+
+    def eval_value(self, value: Any, peer_max_frame: int) -> Any:
+        """An eval's value as it is, once it is known to reach the client as plain data;
+        otherwise TypeError (what cannot be sent) or ValueError (too large)."""
+        from execpy_trio.protocol import LocalProtocolError, pack_body, undecodable_reason
+
+        why: str | None
+        try:
+            body = pack_body(value)
+        except LocalProtocolError as exc:
+            cause = exc.__cause__
+            why = "an int does not fit in 64 bits" if isinstance(cause, OverflowError) else None
+            why = why or str(cause or exc)
+        else:
+            if len(body) > peer_max_frame - 256:
+                raise ValueError(
+                    f"eval result is {len(body)} bytes as msgpack, over the client's frame "
+                    f"limit of {peer_max_frame} bytes; return less data"
+                )
+            # What the client's decoder will accept: str keys, its object budget (less
+            # what the rest of the done takes, so that the done is sent unchecked).
+            why = undecodable_reason(body, peer_max_frame, DONE_RESERVE)
+        if why is not None:
+            raise TypeError(
+                f"eval result of type {type(value).__name__!r} cannot be sent as msgpack: "
+                f"{why}; convert it to plain data (None, bool, int of 64 bits, float, str, "
+                "bytes, list, dict with str keys) or use exec and repr()"
+            ) from None
+        return value
+
+    def error(self, exc: BaseException, limit: int) -> dict[str, str]:
+        """The done's error for ``exc`` (also set as ``sys.last_*``, as the interactive
+        interpreter does), never failing: user code may have broken what formatting needs."""
+        sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
+        try:
+            return self.error_info(exc, limit)
+        except Exception as fmt_exc:
+            return {
+                "type": type(exc).__name__,
+                "message": "",
+                "traceback": f"<the error could not be described: {fmt_exc!r}>\n",
+            }
 
 
 def _tb_limit() -> int:

@@ -116,7 +116,7 @@ def _child(
             os.chdir(cwd)
             if sys.path and sys.path[0] == started_in:
                 sys.path[0] = os.getcwd()  # as ``python -m`` started in cwd would have it
-        from ._main import main
+        from ._command import main
 
         sys.argv = ["execpy_trio.runner", "--fd", str(channel)]
         code = main(["--fd", str(channel)])

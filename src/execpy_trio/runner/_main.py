@@ -1,4 +1,5 @@
-"""The runner: set-up, handshake, the request loop, interrupts and exits.
+"""The runner: set-up, handshake, the request loop, interrupts and exits (its command line
+is ``_command.py``; how an op's value and error are sent, ``_execute.Executor``).
 
 Threads and phases
 ------------------
@@ -86,9 +87,9 @@ from . import (
     EXIT_PARENT_DIED,
     EXIT_PROTOCOL,
     EXIT_SETUP_FAILED,
-    EXIT_USAGE,
     IMPL_NAME,
     IMPL_VERSION,
+    UsageError,
 )
 from ._channel import Channel, ChannelLost
 from ._children import become_subreaper, group_members, kill_descendants
@@ -110,9 +111,6 @@ _getsignal = _signal.getsignal
 _SIGINT = _signal.SIGINT
 
 CAPABILITIES = ("exec", "eval", "stdin", "interrupt", "fd-capture", "limits", "preload")
-DEFAULT_HELLO_TIMEOUT = 10.0
-#: Objects of the client's budget kept for a done's own fields around an eval value.
-DONE_RESERVE = 16
 #: Cancels of one op closer together than this (s) signal its child processes once.
 INTERRUPT_COALESCE = 0.05
 #: After the channel is lost mid-op, how long the op has to unwind before a hard exit.
@@ -120,84 +118,6 @@ LOST_GRACE = 1.0
 
 # Phases of the main thread (see the module docstring).
 IDLE, PREPARING, RUNNING, PROTECTED, FINISHING = range(5)
-
-USAGE = """\
-usage: python -m execpy_trio.runner (--fd N | --stdio) [--hello-timeout SECONDS]
-
-Run Python code for an execpy-trio client, speaking protocol {major}.{minor}.
-
-  --fd N                  the channel is file descriptor N (a socketpair end)
-  --stdio                 the channel is this process's stdin and stdout
-  --hello-timeout SECONDS exit (code 4) if no hello arrives in time (default {timeout:g})
-
-Set EXECPY_TRACE=1 to log every frame on stderr. Exit codes: 0 clean, 2 usage,
-3 protocol error, 4 no hello in time, 5 channel lost during an op, 6 parent died,
-70 internal error.
-"""
-
-
-class UsageError(Exception):
-    pass
-
-
-def _parse(argv: list[str]) -> tuple[int | None, bool, float]:
-    fd: int | None = None
-    stdio = False
-    timeout = DEFAULT_HELLO_TIMEOUT
-    args = list(argv)
-    while args:
-        arg = args.pop(0)
-        name, eq, inline = arg.partition("=")
-        if name in ("--fd", "--hello-timeout"):
-            if not eq:
-                if not args:
-                    raise UsageError(f"{name} needs a value")
-                inline = args.pop(0)
-            try:
-                if name == "--fd":
-                    fd = int(inline)
-                    if fd < 0:
-                        raise ValueError
-                else:
-                    timeout = float(inline)
-                    if not timeout > 0:
-                        raise ValueError
-            except ValueError:
-                raise UsageError(f"invalid value for {name}: {inline!r}") from None
-        elif arg == "--stdio":
-            stdio = True
-        else:
-            raise UsageError(f"unknown argument {arg!r}")
-    if (fd is None) == (not stdio):
-        raise UsageError("give exactly one of --fd N and --stdio")
-    return fd, stdio, timeout
-
-
-def main(argv: list[str]) -> int:
-    if "-h" in argv or "--help" in argv:
-        sys.stdout.write(_usage())
-        return EXIT_OK
-    try:
-        fd, stdio, timeout = _parse(argv)
-    except UsageError as exc:
-        sys.stderr.write(f"execpy-runner: {exc}\n{_usage()}")
-        return EXIT_USAGE
-    try:
-        runner = Runner(fd, stdio, timeout)
-    except UsageError as exc:
-        sys.stderr.write(f"execpy-runner: {exc}\n")
-        return EXIT_USAGE
-    try:
-        runner.serve()
-    except BaseException as exc:
-        runner.internal_error(exc)
-    return EXIT_INTERNAL  # serve() only ends through runner.exit()
-
-
-def _usage() -> str:
-    return USAGE.format(
-        major=PROTOCOL_VERSION[0], minor=PROTOCOL_VERSION[1], timeout=DEFAULT_HELLO_TIMEOUT
-    )
 
 
 class Runner:
@@ -723,7 +643,11 @@ class Runner:
         if limit is not None and (error is None or error["type"] != type(limit).__name__):
             # Crossed after the code ended (the output limit, seen in the final drain),
             # or the code swallowed it: the op still ends in the limit's error.
-            status, value, error = STATUS_ERROR, None, self._error(limit)
+            status, value, error = (
+                STATUS_ERROR,
+                None,
+                self.executor.error(limit, self._value_limit()),
+            )
         if limits.cpu_seconds is not None:
             limits.end_op()
         if with_input:
@@ -779,7 +703,7 @@ class Runner:
                 is_exec = False
                 head, expr = ex.compile_code("eval", msg.expr, f"<eval-{msg.op}>")
         except BaseException as exc:  # SyntaxError, ValueError (NUL), RecursionError, ...
-            return STATUS_ERROR, None, self._error(exc)
+            return STATUS_ERROR, None, self.executor.error(exc, self._value_limit())
         # The exceptions are never bound to a local that outlives its handler: the
         # traceback holds this frame, and that would make a reference cycle.
         try:
@@ -794,7 +718,11 @@ class Runner:
                     exec(head, ns)
                 if expr is not None:
                     value = eval(expr, ns)
-                    value = self._exec_value(value) if is_exec else self._eval_value(value)
+                    value = (
+                        ex.exec_value(value, self._value_limit())
+                        if is_exec
+                        else ex.eval_value(value, self.conn.peer_max_frame)
+                    )
                 self.phase = FINISHING
                 if self.forked:
                     self._child_exit(None)
@@ -812,58 +740,10 @@ class Runner:
         if isinstance(exc, MemoryError):
             self.limits.room_for_us()  # room to format and send the error
         if type(exc) is KeyboardInterrupt and self.cancel_requested:
-            return STATUS_CANCELLED, None, self._error(exc)
-        return STATUS_ERROR, None, self._error(exc)
+            return STATUS_CANCELLED, None, self.executor.error(exc, self._value_limit())
+        return STATUS_ERROR, None, self.executor.error(exc, self._value_limit())
 
     def _value_limit(self) -> int:
         # In UTF-8 bytes, for each of the value, the message and the traceback: all three
         # together still fit in the client's frame.
         return max(1024, self.conn.peer_max_frame // 4)
-
-    def _exec_value(self, value: Any) -> str | None:
-        if value is None:
-            return None
-        import builtins
-
-        builtins._ = value  # type: ignore[attr-defined]
-        from ._execute import clip_head
-
-        return clip_head(repr(value), self._value_limit())
-
-    def _eval_value(self, value: Any) -> Any:
-        from execpy_trio.protocol import pack_body, undecodable_reason
-
-        why: str | None
-        try:
-            body = pack_body(value)
-        except LocalProtocolError as exc:
-            cause = exc.__cause__
-            why = "an int does not fit in 64 bits" if isinstance(cause, OverflowError) else None
-            why = why or str(cause or exc)
-        else:
-            if len(body) > self.conn.peer_max_frame - 256:
-                raise ValueError(
-                    f"eval result is {len(body)} bytes as msgpack, over the client's frame "
-                    f"limit of {self.conn.peer_max_frame} bytes; return less data"
-                )
-            # What the client's decoder will accept: str keys, its object budget (less
-            # what the rest of the done takes, so that the done is sent unchecked).
-            why = undecodable_reason(body, self.conn.peer_max_frame, DONE_RESERVE)
-        if why is not None:
-            raise TypeError(
-                f"eval result of type {type(value).__name__!r} cannot be sent as msgpack: "
-                f"{why}; convert it to plain data (None, bool, int of 64 bits, float, str, "
-                "bytes, list, dict with str keys) or use exec and repr()"
-            ) from None
-        return value
-
-    def _error(self, exc: BaseException) -> dict[str, str]:
-        sys.last_type, sys.last_value, sys.last_traceback = type(exc), exc, exc.__traceback__
-        try:
-            return self.executor.error_info(exc, self._value_limit())
-        except Exception as fmt_exc:  # user code broke what formatting needs (traceback)
-            return {
-                "type": type(exc).__name__,
-                "message": "",
-                "traceback": f"<the error could not be described: {fmt_exc!r}>\n",
-            }
