@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import math
 import threading
 from collections.abc import Awaitable, Callable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
@@ -158,21 +159,39 @@ class _Loop:
                 future.result(timeout=INTERRUPT_BOUND)
             raise
 
-    def hold(self, acm: Callable[[], contextlib.AbstractAsyncContextManager[T]]) -> _Held[T]:
-        """Enter ``acm()`` in the loop and keep it open until :meth:`_Held.close`."""
+    def hold(
+        self,
+        acm: Callable[[], contextlib.AbstractAsyncContextManager[T]],
+        *,
+        timeout: float | None = None,
+        what: str = "the block",
+    ) -> _Held[T]:
+        """Enter ``acm()`` in the loop and keep it open until :meth:`_Held.close`;
+        ``timeout`` bounds the entering (TimeoutError), not the holding."""
+        if timeout is not None and not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
         entered: concurrent.futures.Future[tuple[T, trio.Event]] = concurrent.futures.Future()
         exited: concurrent.futures.Future[None] = concurrent.futures.Future()
         scope = trio.CancelScope()
+        interrupted = False
 
         async def holder() -> None:
             try:
                 with scope:
+                    if timeout is not None:
+                        scope.deadline = trio.current_time() + timeout
                     async with acm() as value:
+                        scope.deadline = math.inf  # entered: the holding has no bound
                         release = trio.Event()
                         entered.set_result((value, release))
                         await release.wait()
-                if scope.cancelled_caught:  # its start was interrupted (Ctrl-C)
-                    _fail_all((entered, exited), KeyboardInterrupt())
+                if scope.cancelled_caught:  # its start was interrupted, or too slow
+                    _fail_all(
+                        (entered, exited),
+                        KeyboardInterrupt()
+                        if interrupted
+                        else TimeoutError(f"{what} did not start within {timeout:g} s"),
+                    )
                     return
             except trio.Cancelled:
                 _fail_all((entered, exited), trio.ClosedResourceError("the loop was stopped"))
@@ -188,6 +207,7 @@ class _Loop:
         except KeyboardInterrupt:
             # Starting was interrupted: cancel this start only, and wait (bounded) for what
             # it started to end; the loop and what else it holds go on.
+            interrupted = True
             with contextlib.suppress(trio.ClosedResourceError):
                 self._submit(scope.cancel)
             with contextlib.suppress(BaseException):
@@ -373,10 +393,13 @@ class BlockingRunner:
         timeout: float | None = None,
     ) -> Iterator[BlockingOperation]:
         """:meth:`Runner.exec_stream` as a plain context manager yielding a
-        :class:`BlockingOperation`. ``timeout`` bounds each wait for an event."""
+        :class:`BlockingOperation`. ``timeout`` bounds the wait for the op to start and
+        each wait for an event."""
         self._check("BlockingRunner.exec_stream")
         held = self._loop.hold(
-            lambda: self._runner.exec_stream(code, variables=variables, filename=filename)
+            lambda: self._runner.exec_stream(code, variables=variables, filename=filename),
+            timeout=timeout,
+            what="exec_stream",
         )
         me = threading.get_ident()
         self._streaming.add(me)
@@ -474,16 +497,23 @@ class BlockingManager:
         held = self._loop.hold(
             lambda: self._manager.exec_stream(
                 code, fresh=fresh, variables=variables, filename=filename
-            )
+            ),
+            timeout=timeout,
+            what="exec_stream (waiting for a runner)",
         )
         with _holding(held) as op:
             yield BlockingOperation(self._loop, op, timeout)
 
     @contextlib.contextmanager
-    def runner(self, *, fresh: bool = False) -> Iterator[BlockingRunner]:
-        """:meth:`Manager.runner`: an exclusive lease for the block."""
+    def runner(
+        self, *, fresh: bool = False, timeout: float | None = None
+    ) -> Iterator[BlockingRunner]:
+        """:meth:`Manager.runner`: an exclusive lease for the block; ``timeout`` bounds
+        the wait for a runner (TimeoutError)."""
         _refuse_inside_trio("BlockingManager.runner")
-        held = self._loop.hold(lambda: self._manager.runner(fresh=fresh))
+        held = self._loop.hold(
+            lambda: self._manager.runner(fresh=fresh), timeout=timeout, what="the lease"
+        )
         with _holding(held) as runner:
             yield BlockingRunner(self._loop, runner)
 

@@ -146,8 +146,7 @@ class _SyncPools:
         else:
             while len(self._held) >= MAX_POOLS:
                 # Many option sets (a parametrized env, cwd=tmp_path): keep the recent few.
-                _, oldest = next(iter(self._held.items()))
-                del self._held[next(iter(self._held))]
+                oldest = self._held.pop(next(iter(self._held)))
                 with contextlib.suppress(Exception):
                     oldest.close()
             self._held[key] = self.loop.hold(

@@ -176,3 +176,16 @@ def test_ctrl_c_while_a_stream_starts_ends_that_stream_only(
     timer.join()
     busy.join()
     assert runner.exec("6 * 7").value == "42"
+
+
+def test_waiting_for_a_lease_has_a_bound() -> None:
+    with blocking.open_manager(size=1, fresh_spares=0) as manager:
+        with manager.runner() as leased:
+            with pytest.raises(TimeoutError, match=r"the lease did not start within 0\.3 s"):
+                with manager.runner(timeout=0.3):
+                    pass
+            with pytest.raises(TimeoutError, match="waiting for a runner"):
+                with manager.exec_stream("1", timeout=0.3):
+                    pass
+            assert leased.eval("1 + 1") == 2
+        assert manager.eval("2 + 2") == 4  # the pool is whole again
