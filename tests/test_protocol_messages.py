@@ -24,6 +24,7 @@ from execpy_trio.protocol import (
     Hello,
     InputReply,
     InputRequest,
+    LocalProtocolError,
     Message,
     Output,
     Ping,
@@ -217,6 +218,12 @@ def test_unknown_kind_is_an_event_not_an_error() -> None:
             "'exec' message has an invalid 'code' field: 3 (int)",
         ),
         ({"kind": "cancel", "op": True}, "invalid 'op' field: True (bool)"),
+        # The shapes the round trip's fast paths take, with one field out of range.
+        ({"kind": "exec", "op": 0, "code": "x"}, "'exec' message has an invalid 'op' field"),
+        ({"kind": "exec", "op": True, "code": "x"}, "invalid 'op' field: True (bool)"),
+        ({"kind": "exec", "op": 2**63, "code": "x"}, "invalid 'op' field"),
+        ({"kind": "done", "op": 0, "status": "ok"}, "'done' message has an invalid 'op' field"),
+        ({"kind": "done", "op": "1", "status": "ok"}, "invalid 'op' field: '1' (str)"),
         ({"kind": "output", "op": 1, "stream": "stdout", "data": b""}, "'data'"),
         ({"kind": "done", "op": 1, "status": "error"}, "no error info"),
         ({"kind": 7}, "string 'kind'"),
@@ -248,6 +255,16 @@ def test_sender_checks_build_the_same_map_as_to_wire(msg: Message) -> None:
     wire = checked_wire(msg)
     assert list(wire.items()) == list(msg.to_wire().items())
     assert invalid_reason(msg) is None
+
+
+@pytest.mark.parametrize(
+    "msg",
+    [Exec(0, "x"), Exec(2**63, "x"), Exec(1, b"x"), Done(0, "ok"), Done(True, "ok")],  # type: ignore[arg-type]
+    ids=repr,
+)
+def test_sender_fast_paths_refuse_what_the_generic_checks_refuse(msg: Message) -> None:
+    with pytest.raises(LocalProtocolError, match="field is invalid"):
+        checked_wire(msg)
 
 
 @pytest.mark.parametrize("size", [1, 255, 256, 2030, 2040, 2050, 2060, 65535, 65536, 70000])

@@ -199,6 +199,23 @@ def checked_wire(msg: Message) -> dict[str, Any]:
     Raises LocalProtocolError (``bad-message``). This is the sender's hot path.
     """
     cls = type(msg)
+    # The two messages of every round trip, in their usual form, checked inline.
+    if cls is Done:
+        if msg.status == STATUS_OK and msg.value is None and msg.error is None:  # type: ignore[attr-defined]
+            op = msg.op  # type: ignore[attr-defined]
+            if type(op) is int and 0 < op <= MAX_ID:
+                return {"kind": "done", "op": op, "status": STATUS_OK}
+    elif cls is Exec:
+        if (
+            msg.allow_stdin is False  # type: ignore[attr-defined]
+            and msg.stdin is None  # type: ignore[attr-defined]
+            and msg.variables is None  # type: ignore[attr-defined]
+            and msg.filename is None  # type: ignore[attr-defined]
+        ):
+            op = msg.op  # type: ignore[attr-defined]
+            code = msg.code  # type: ignore[attr-defined]
+            if type(op) is int and 0 < op <= MAX_ID and type(code) is str:
+                return {"kind": "exec", "op": op, "code": code}
     if cls.to_wire is not Message.to_wire:  # writes its fields its own way; not hot
         reason = invalid_reason(msg)
         if reason is not None:
@@ -398,6 +415,24 @@ class Exec(Message):
         _set(self, "variables", variables)
         _set(self, "filename", filename)
 
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Message:
+        # The hot path of a runner's requests: just an op and its code, the generic
+        # checks inline. Anything else takes the generic path and its errors.
+        if len(d) == 3:
+            op = d.get("op")
+            code = d.get("code")
+            if type(op) is int and 0 < op <= MAX_ID and type(code) is str:
+                msg = _new(cls)
+                _set(msg, "op", op)
+                _set(msg, "code", code)
+                _set(msg, "allow_stdin", False)
+                _set(msg, "stdin", None)
+                _set(msg, "variables", None)
+                _set(msg, "filename", None)
+                return msg
+        return super().from_wire(d)
+
 
 class Eval(Message):
     """Evaluate the expression ``expr`` and send its value back as plain msgpack data."""
@@ -569,6 +604,20 @@ class Done(Message):
         _set(self, "status", status)
         _set(self, "value", value)
         _set(self, "error", error)
+
+    @classmethod
+    def from_wire(cls, d: dict[str, Any]) -> Message:
+        # The hot path of a client's completions: an ok without a value, checked inline.
+        if len(d) == 3 and d.get("status") == STATUS_OK:
+            op = d.get("op")
+            if type(op) is int and 0 < op <= MAX_ID:
+                msg = _new(cls)
+                _set(msg, "op", op)
+                _set(msg, "status", STATUS_OK)
+                _set(msg, "value", None)
+                _set(msg, "error", None)
+                return msg
+        return super().from_wire(d)
 
     def problem(self) -> str | None:
         # "ok" carries no error and "error" must say what failed (spec section 4.2).
