@@ -17,6 +17,7 @@ from execpy_trio.protocol import (
     Connection,
     ConnectionClosed,
     FrameDecoder,
+    Hello,
     LocalProtocolError,
     Message,
     RemoteProtocolError,
@@ -89,6 +90,108 @@ def test_decoder_yields_values_or_remote_error_in_any_chunking(
     # Feeding bytearray and memoryview (copied, not borrowed) gives the same result too.
     _same_outcome(whole, run_decoder([bytearray(p) for p in chunked(data, cuts)]))
     _same_outcome(whole, run_decoder([memoryview(p) for p in chunked(data, cuts)]))
+
+
+class Source:
+    """A readinto() over fixed bytes, returning at most the next read size each call."""
+
+    def __init__(self, data: bytes, sizes: list[int]) -> None:
+        self.data = data
+        self.pos = 0
+        self.sizes = itertools.cycle([s or 1 for s in sizes] or [7])
+
+    def __call__(self, view: memoryview) -> int:
+        n = min(len(view), next(self.sizes), len(self.data) - self.pos)
+        view[:n] = self.data[self.pos : self.pos + n]
+        self.pos += n
+        return n
+
+
+def run_read_into(data: bytes, sizes: list[int], size: int) -> list[Any] | RemoteProtocolError:
+    decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+    source = Source(data, sizes)
+    values: list[Any] = []
+    try:
+        while source.pos < len(data):
+            decoder.read_into(source, size)
+            values.extend(drain(decoder))
+            assert decoder.buffered <= 4 + HANDSHAKE_MAX_FRAME + size
+    except RemoteProtocolError as exc:
+        return exc
+    return values
+
+
+@given(
+    garbage,
+    st.lists(st.integers(min_value=0, max_value=300), max_size=8),
+    st.sampled_from([1, 5, 64, 4096]),
+    st.lists(st.integers(min_value=0, max_value=10_000), max_size=4),
+)
+def test_reading_into_the_buffer_decodes_as_feeding_does(
+    data: bytes, sizes: list[int], size: int, cuts: list[int]
+) -> None:
+    _same_outcome(run_decoder([data]), run_read_into(data, sizes, size))
+    # Mixed with feeding (borrowed chunks, then reads into the buffer behind them).
+    decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+    mixed: list[Any] | RemoteProtocolError = []
+    try:
+        for i, piece in enumerate(chunked(data, cuts)):
+            if i % 2:
+                source = Source(piece, sizes)
+                while source.pos < len(piece):
+                    decoder.read_into(source, size)
+                    mixed.extend(drain(decoder))
+            else:
+                decoder.feed(piece)
+                mixed.extend(drain(decoder))
+    except RemoteProtocolError as exc:
+        mixed = exc
+    _same_outcome(run_decoder([data]), mixed)
+
+
+def test_reading_into_the_buffer_completes_a_big_frame_and_then_lets_it_go() -> None:
+    big = framed({"kind": "output", "data": b"\x01" * 3_000_000})
+    decoder = FrameDecoder(2**32 - 1)
+    source = Source(big + framed({"kind": "ping", "token": 1}), [1 << 30])
+    decoder.read_into(source, 100)  # the header: the next read may be the whole frame
+    assert decoder.next_value() is NEED_DATA
+    decoder.read_into(source, 100)
+    assert len(decoder.next_value()["data"]) == 3_000_000
+    assert decoder.next_value() is NEED_DATA
+    # Once empty, the decoder holds no more than a read's worth (the next read).
+    assert len(decoder._buf) < 1 << 20
+    decoder.read_into(source, 100)
+    assert decoder.next_value() == {"kind": "ping", "token": 1}
+
+
+def test_a_failed_read_into_the_buffer_changes_nothing() -> None:
+    decoder = FrameDecoder(HANDSHAKE_MAX_FRAME)
+    ping = framed({"kind": "ping", "token": 1})
+    decoder.feed(ping[:3])
+
+    def would_block(view: memoryview) -> int:
+        raise BlockingIOError
+
+    with pytest.raises(BlockingIOError):
+        decoder.read_into(would_block, 64)
+    assert decoder.buffered == 3
+    decoder.feed(ping[3:])
+    assert drain(decoder) == [{"kind": "ping", "token": 1}]
+
+
+def test_connection_receive_into_reads_and_ends_like_receive_data() -> None:
+    conn = Connection("runner")
+    hello = {"kind": "hello", "version": [1, 1], "impl_name": "t", "impl_version": "0"}
+    source = Source(framed({**hello, "max_frame": HANDSHAKE_MAX_FRAME}), [5])
+    assert conn.receive_into(source, 1024) == 5
+    assert conn.next_event() is NEED_DATA
+    source.sizes = itertools.cycle([1000])
+    assert conn.receive_into(source, 1024) > 0
+    assert type(conn.next_event()) is Hello
+    assert conn.receive_into(Source(b"", []), 1024) == 0  # the end of the stream
+    assert isinstance(conn.next_event(), ConnectionClosed)
+    with pytest.raises(LocalProtocolError, match="after end of stream"):
+        conn.receive_into(Source(b"x", []), 1024)
 
 
 @given(garbage, st.lists(st.integers(min_value=0, max_value=10_000), max_size=10))
@@ -178,6 +281,11 @@ class CountingBuffer(bytearray):
             _start, stop, _ = key.indices(len(self))
             self.moved += len(self) - stop  # the tail is shifted down
         super().__delitem__(key)
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        if isinstance(key, slice):
+            self.moved += len(value)  # copied in
+        super().__setitem__(key, value)
 
     def __getitem__(self, key: Any) -> Any:
         if isinstance(key, slice):

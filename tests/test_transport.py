@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -361,3 +363,78 @@ async def test_op_channel_waiting_put_and_cancelled_receive() -> None:
         await channel.receive()
     assert channel.put_nowait(P.Done(9, "ok"))  # the cancelled receive left no waiter
     assert channel.receive_nowait() == P.Done(9, "ok")
+
+
+# --- direct read: the consumer's task routes what the runner already sent ---------------
+
+
+def _write_now(peer: Peer, *msgs: P.Message) -> None:
+    """Write frames from the peer without a checkpoint: the reader cannot run meanwhile."""
+    os.write(peer.stream.socket.fileno(), b"".join(peer.conn.send(m) for m in msgs))  # type: ignore[attr-defined]
+
+
+async def _exec_sent(t: Transport, peer: Peer, op: int = 1) -> OpChannel:
+    channel = t.open_op(op)
+    await t.send(P.Exec(op, "x = 1"))
+    assert type(await peer.receive()) is P.Exec
+    await trio.testing.wait_all_tasks_blocked()  # the reader waits for bytes
+    return channel
+
+
+async def test_direct_read_delivers_in_order_and_yields_before_a_second_fill() -> None:
+    async with connected(sockets=True) as (t, peer, _):
+        channel = await _exec_sent(t, peer)
+        outputs = [P.Output(1, "stdout", b"%d" % i) for i in range(3)]
+        _write_now(peer, *outputs, P.Done(1, "ok"))
+        assert await channel.receive() == outputs[0]  # routed in this task, by a fill
+        assert channel.filled
+        assert [m async for m in channel] == [*outputs[1:], P.Done(1, "ok")]
+        assert t.conn.state == "IDLE"
+
+
+async def test_direct_read_stops_at_a_full_channel_and_closing_routes_the_rest() -> None:
+    async with connected(sockets=True, op_buffer=2) as (t, peer, nursery):
+        channel = await _exec_sent(t, peer)
+        _write_now(peer, *[P.Output(1, "stdout", b"%d" % i) for i in range(5)], P.Done(1, "ok"))
+        assert (await channel.receive()).data == b"0"  # type: ignore[attr-defined]
+        # Two buffered and one over the capacity, then the fill stopped: the rest waits
+        # in the connection, and the reader waits for bytes that will not come.
+        assert t.statistics().frames_received == 1 + 3
+        assert t.conn.state == "BUSY"
+        t.close_op(1)  # the consumer goes away: closing routes (drops) what was left
+        assert t.statistics().frames_received == 1 + 6
+        assert t.conn.state == "IDLE"
+
+        async def answer_ping() -> None:
+            ping = await peer.receive()
+            assert type(ping) is P.Ping
+            await peer.send(P.Pong(ping.token))
+
+        nursery.start_soon(answer_ping)
+        with trio.fail_after(5):
+            await t.ping()  # the reader goes on
+
+
+async def test_direct_read_of_garbage_is_the_readers_to_report() -> None:
+    async with connected(sockets=True) as (t, peer, _):
+        channel = await _exec_sent(t, peer)
+        os.write(peer.stream.socket.fileno(), b"\x00\x00\x00\x02\x91\xc1")  # type: ignore[attr-defined]
+        with trio.fail_after(5), pytest.raises(trio.EndOfChannel):
+            await channel.receive()
+        assert t.state == BROKEN
+        assert isinstance(t.failure, P.RemoteProtocolError)
+        msg = await peer.receive()
+        assert type(msg) is P.Error and msg.fatal and msg.code == "bad-frame"
+
+
+async def test_direct_read_leaves_the_end_of_the_stream_to_the_reader() -> None:
+    async with connected(sockets=True) as (t, peer, _):
+        channel = await _exec_sent(t, peer)
+        _write_now(peer, P.Output(1, "stdout", b"last"))
+        peer.stream.socket.shutdown(socket.SHUT_WR)  # type: ignore[attr-defined]
+        with trio.fail_after(5):
+            assert (await channel.receive()).data == b"last"  # type: ignore[attr-defined]
+            with pytest.raises(trio.EndOfChannel):
+                await channel.receive()
+            await t.reader_done.wait()
+        assert t.state == BROKEN and isinstance(t.failure, PeerClosed)

@@ -29,11 +29,26 @@ class OpChannel:
     Lighter than a memory channel, which matters at tens of microseconds per round trip.
     """
 
-    __slots__ = ("_buffer", "_capacity", "_closed", "_ended", "_getter", "_held", "_putter")
+    __slots__ = (
+        "_buffer",
+        "_capacity",
+        "_closed",
+        "_ended",
+        "_fill",
+        "_getter",
+        "_held",
+        "_putter",
+        "filled",
+    )
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, fill: Callable[[], bool] | None = None) -> None:
         self._buffer: deque[Message] = deque()
         self._capacity = capacity
+        #: Called by an empty :meth:`receive` before it waits: it may route what the
+        #: peer already sent, in the consumer's task (see the transport's "Direct read").
+        self._fill = fill
+        #: Messages were handed out from a fill since the consumer last yielded.
+        self.filled = False
         self._ended = False  # nothing more will be put
         self._closed = False  # the consumer is gone
         self._getter: Task | None = None  # the consumer, waiting for a message
@@ -58,6 +73,15 @@ class OpChannel:
         self._buffer.append(msg)
         self._wake_getter()
         return True
+
+    def put_over(self, msg: Message) -> None:
+        """Buffer ``msg`` even when the buffer is full, one past ``capacity`` at most:
+        for a fill that has already taken ``msg`` off the stream (it then stops)."""
+        if self._ended or self._closed:
+            return
+        assert len(self._buffer) <= self._capacity, "a fill put over twice"
+        self._buffer.append(msg)
+        self._wake_getter()
 
     async def put(self, msg: Message) -> None:
         """Like :meth:`put_nowait`, but wait for room while the buffer is full.
@@ -127,15 +151,26 @@ class OpChannel:
     async def receive(self) -> Message:
         """Wait for the next message. Raises trio.EndOfChannel after the last one.
 
-        Always a cancel point; a schedule point only when it has to wait (a consumer
-        cannot run ahead: it takes at most a buffer's worth before it waits for the
-        reader). Cancellation: no message is lost.
+        Always a cancel point; a schedule point when it has to wait, and before a second
+        fill (so a consumer takes at most a buffer's and a fill's worth before it yields;
+        :attr:`filled` says when it has not yielded since the last fill).
+        Cancellation: no message is lost.
         """
         await trio.lowlevel.checkpoint_if_cancelled()
         while True:
             msg = self._take()
             if msg is not None:
                 return msg
+            fill = self._fill
+            if fill is not None:
+                if self.filled:
+                    self.filled = False
+                    await trio.lowlevel.cancel_shielded_checkpoint()
+                    continue  # the reader may have run meanwhile
+                if fill():
+                    self.filled = True
+                    continue
+            self.filled = False
             self._getter = trio.lowlevel.current_task()
 
             def abort(_: Callable[[], BaseException]) -> trio.lowlevel.Abort:

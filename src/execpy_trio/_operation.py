@@ -260,6 +260,11 @@ class Operation:
                     self._absorb(msg)
         finally:
             self._consuming = False
+        if channel.filled:
+            # The completion came from a direct read, without waiting: yield once, so
+            # that a loop of execs lets the other tasks (and deadlines) run.
+            channel.filled = False
+            await trio.lowlevel.cancel_shielded_checkpoint()
 
     def _absorb(self, msg: Message) -> Output | InputRequest | None:
         kind = type(msg)

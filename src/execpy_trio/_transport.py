@@ -31,9 +31,11 @@ when the stream is a socket or a file descriptor (``trio.SocketStream``,
 ``trio.lowlevel.FdStream``, or a ``StapledStream`` writing to one), a frame is first
 written with one non-blocking ``os.write``. Nothing can interrupt a system call, so no
 shield and no timeout are needed for it; only a partial write (the OS buffer is full)
-takes the shielded, timed path for the rest. An :class:`OpChannel` is a bounded FIFO with
-at most one waiting task on each side, lighter than a memory channel; delivering to it
-never makes the reader yield (the reader yields on every read anyway).
+takes the shielded, timed path for the rest. Reading, likewise, is a non-blocking read on
+the descriptor, and a wait for readability only when there is nothing (see "Direct read").
+An :class:`OpChannel` is a bounded FIFO with at most one waiting task on each side,
+lighter than a memory channel; delivering to it never makes the reader yield (the reader
+yields on every read that did not wait).
 
 States: ``OPEN``; ``BROKEN`` (the peer ended the stream, sent something invalid, or the
 stream failed: :meth:`Transport.send` raises :class:`TransportBroken`, whose ``cause`` says
@@ -54,6 +56,25 @@ why a side that cancels an op must keep **draining the op's channel** while it w
 the cancelled completion: draining unblocks the reader, the runner's remaining output
 flows (and is dropped), and the ``done`` arrives behind it. Writing the ``cancel`` never
 depends on the reader, so a full channel cannot stop the cancel from being sent.
+
+Direct read
+-----------
+Waking the reader task and then the consumer costs two scheduling steps per message, more
+than the rest of a short round trip; and when client and runner share a CPU, the runner
+has usually answered before the request's write returns. So a consumer whose op channel
+is empty first calls :meth:`Transport.fill` in its own task: if the reader is *parked*
+(waiting for the stream to become readable, holding no bytes, with no complete frame left
+in the connection), it reads once and routes what came, in order, with the reader's
+routing, and only then waits. The reader is never bypassed for anything it must handle
+itself: a protocol error is left to it (it is stopped and finds the error on its way
+out), the end of the stream is met by its next read, and a full op channel takes the one
+message already decoded over its capacity and the fill stops: the consumer's next fill
+goes on from there, and if the consumer goes away instead, :meth:`Transport.close_op`
+routes (drops) what was left. A consumer served by a fill yields before its next fill,
+and exec yields once at its end, so neither can starve the other tasks.
+
+Reads go into the decoder's own buffer (:meth:`Connection.receive_into`): a fresh
+``bytes`` per 256 KiB read costs four times the CPU of the read itself.
 
 Frame log: with the ``execpy_trio.frames`` logger at DEBUG, every message sent and
 received is logged (off by default; checking the level costs one call per message).
@@ -176,6 +197,14 @@ class Transport:
         self.conn = Connection("client", max_frame=max_frame, trace=_trace)
         self._write_lock = trio.StrictFIFOLock()
         self._fd_of = _fd_getter(stream)
+        self._read_fd_of = _fd_getter(stream, reading=True)
+        #: The reader waits for the stream to become readable, holding no bytes and with
+        #: no complete frame left in the connection: a consumer may read (Direct read).
+        self._reader_parked = False
+        #: A protocol error a direct read found, for the reader to handle as its own.
+        self._stashed: RemoteProtocolError | None = None
+        #: A direct read stopped at a full op channel with frames left in the connection.
+        self._stranded = False
         self._op_buffer = op_buffer
         #: Seconds a frame write may go without progress before the transport breaks.
         self.write_timeout = write_timeout
@@ -411,6 +440,32 @@ class Transport:
             await self._receive_into_conn()
 
     async def _receive_into_conn(self) -> None:
+        """Read a chunk into the connection, or return after waiting for one (a consumer
+        may have read it meanwhile: the caller asks the connection again either way)."""
+        fd_of = self._read_fd_of
+        if fd_of is not None:
+            fd = fd_of()
+            if fd < 0:
+                raise self._unusable("receive")
+            try:
+                n = self.conn.receive_into(_reader_of(fd), RECEIVE_SIZE)
+            except BlockingIOError:
+                self._reader_parked = True
+                try:
+                    await trio.lowlevel.wait_readable(fd)
+                except trio.ClosedResourceError:
+                    raise self._unusable("receive") from None
+                finally:
+                    self._reader_parked = False
+                return
+            except OSError as exc:
+                self._break(exc)
+                raise TransportBroken(f"the connection to the runner broke ({exc!r})", exc) from exc
+            self._bytes_received += n
+            # Read without waiting: yield, so that a runner that never stops sending
+            # cannot starve the other tasks (as the stream's receive_some does).
+            await trio.lowlevel.checkpoint()
+            return
         try:
             data = await self._stream.receive_some(RECEIVE_SIZE)
         except trio.ClosedResourceError:
@@ -438,6 +493,9 @@ class Transport:
                 with trio.CancelScope() as self._reader_scope:
                     if self.state == OPEN:
                         await self._read_and_record()
+                stashed, self._stashed = self._stashed, None
+                if stashed is not None:  # a direct read found it, and stopped us
+                    await self._record_protocol_error(stashed)
                 nursery.cancel_scope.cancel()
         finally:
             self._reader_scope = None
@@ -453,19 +511,22 @@ class Transport:
         try:
             await self._read_loop()
         except RemoteProtocolError as exc:
-            log.debug("protocol error from the runner: %s", exc)
-            if self.state == OPEN:
-                self.state = BROKEN
-                self.failure = exc
-            if not isinstance(exc, _FatalFromPeer):
-                # Before waking anyone: a woken owner may close the stream right away.
-                with trio.CancelScope(shield=True):
-                    await self._send_fatal(exc)
-            self._break(exc)
+            await self._record_protocol_error(exc)
         except TransportBroken:
             pass  # already recorded by _break
         except trio.ClosedResourceError:
             pass  # we closed it: state is CLOSED
+
+    async def _record_protocol_error(self, exc: RemoteProtocolError) -> None:
+        log.debug("protocol error from the runner: %s", exc)
+        if self.state == OPEN:
+            self.state = BROKEN
+            self.failure = exc
+        if not isinstance(exc, _FatalFromPeer):
+            # Before waking anyone: a woken owner may close the stream right away.
+            with trio.CancelScope(shield=True):
+                await self._send_fatal(exc)
+        self._break(exc)
 
     async def _read_loop(self) -> None:
         conn = self.conn
@@ -481,18 +542,73 @@ class Transport:
             await self._route(event)
 
     async def _route(self, msg: Message) -> None:
+        if not self._route_now(msg):
+            op: int = msg.op  # type: ignore[attr-defined]
+            channel = self._ops[op]
+            # Waits while the op's consumer is behind: this is the backpressure. (If the
+            # consumer goes away meanwhile, the message is dropped.)
+            await channel.put(msg)
+            if type(msg) is Done or type(msg) is Error:
+                channel.end()
+                self._ops.pop(op, None)
+
+    def fill(self, *, read: bool = True) -> bool:
+        """Direct read: in a consumer's task, route what the runner has already sent,
+        while the reader is parked; True if anything was routed. See the module docstring.
+
+        At most one read; stops at a full op channel (that message goes one over). With
+        ``read`` False it only routes what a direct read left in the connection.
+        """
+        if not self._reader_parked or self._reader_scope is None or self.state != OPEN:
+            return False
+        conn = self.conn
+        routed = False
+        try:
+            while True:
+                event = conn.next_event()
+                if event is NEED_DATA:
+                    self._stranded = False
+                    if not read:
+                        return routed
+                    read = False
+                    fd = self._read_fd_of()  # type: ignore[misc]
+                    try:
+                        self._bytes_received += conn.receive_into(_reader_of(fd), RECEIVE_SIZE)
+                    except OSError:
+                        return routed  # nothing yet, or a failure the reader will meet
+                    continue
+                if isinstance(event, ConnectionClosed):
+                    return routed  # the end of the stream: the reader wakes to it
+                self._frames_received += 1
+                routed = True
+                if not self._route_now(event):
+                    op: int = event.op  # type: ignore[union-attr]
+                    channel = self._ops[op]
+                    channel.put_over(event)
+                    if type(event) is Done or type(event) is Error:
+                        channel.end()
+                        self._ops.pop(op, None)
+                    self._stranded = True
+                    return True
+        except RemoteProtocolError as exc:
+            # The reader's to handle (tell the runner, break): stop it, it finds it.
+            self._stashed = exc
+            self._reader_scope.cancel()
+            return routed
+
+    def _route_now(self, msg: Message) -> bool:
+        """Route ``msg`` without waiting; False if its op's channel is full (then nothing
+        was done). Raises _FatalFromPeer for a fatal error from the runner."""
         op = getattr(msg, "op", None)
         if op is not None:
             channel = self._ops.get(op)
             if channel is not None:
                 if not channel.put_nowait(msg):
-                    # Waits while the op's consumer is behind: this is the backpressure.
-                    # (If the consumer goes away meanwhile, the message is dropped.)
-                    await channel.put(msg)
+                    return False
                 if type(msg) is Done or type(msg) is Error:
                     channel.end()
                     self._ops.pop(op, None)
-            return
+            return True
         kind = type(msg)
         if kind is Pong:
             event = self._pings.pop(msg.token, None)  # type: ignore[attr-defined]
@@ -515,6 +631,7 @@ class Transport:
             else:
                 self._notices_dropped += 1
                 log.debug("dropped the answer to unknown kind %r (queue full)", msg.kind)
+        return True
 
     async def _write_notices(self) -> None:
         """Send the queued answers to notices, one at a time, each bounded."""
@@ -538,7 +655,8 @@ class Transport:
         """
         if self.state != OPEN:
             raise self._unusable(f"start op {op}")
-        channel = self._ops[op] = OpChannel(self._op_buffer)
+        fill = self.fill if self._read_fd_of is not None else None
+        channel = self._ops[op] = OpChannel(self._op_buffer, fill)
         return channel
 
     def close_op(self, op: int) -> None:
@@ -547,6 +665,8 @@ class Transport:
         channel = self._ops.pop(op, None)
         if channel is not None:
             channel.close()
+            if self._stranded:
+                self.fill(read=False)  # nobody else would: the reader waits for bytes
 
     async def ping(self) -> float:
         """Send a ping and wait for its pong; return the round trip time in seconds.
@@ -600,18 +720,23 @@ class Transport:
             await self._stream.aclose()
 
 
-def _fd_getter(stream: Stream) -> Callable[[], int] | None:
-    """How to get the fd that ``stream`` writes to (-1 once closed), if it is a kind of
-    stream known to write to a non-blocking fd with plain ``write``; else None."""
+def _fd_getter(stream: Stream, reading: bool = False) -> Callable[[], int] | None:
+    """How to get the fd that ``stream`` writes to (``reading``: reads from), -1 once
+    closed, if it is a kind of stream known to use a non-blocking fd with plain ``write``
+    and ``read``; else None."""
     if os.name != "posix":  # pragma: no cover - the fast path is for POSIX fds
         return None
     if isinstance(stream, trio.StapledStream):
-        stream = stream.send_stream
+        stream = stream.receive_stream if reading else stream.send_stream
     if isinstance(stream, trio.SocketStream):
         return stream.socket.fileno
     if isinstance(stream, trio.lowlevel.FdStream):
         return stream.fileno
     return None
+
+
+def _reader_of(fd: int) -> Callable[[memoryview], int]:
+    return lambda view: os.readv(fd, (view,))
 
 
 class _FatalFromPeer(RemoteProtocolError):

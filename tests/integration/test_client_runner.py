@@ -303,6 +303,25 @@ async def test_no_stray_tasks() -> None:
     assert trio.lowlevel.current_statistics().tasks_living == before
 
 
+async def test_every_exec_is_a_checkpoint_even_when_its_reply_is_already_there() -> None:
+    # On one CPU the runner answers within the caller's write, and the caller's own task
+    # reads the done (a direct read) without waiting: exec must still yield, or a loop of
+    # execs would starve every other task and no deadline would ever fire.
+    cpus = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {min(cpus)})  # the runner inherits it
+    try:
+        async with ex.open_runner() as runner:
+            for _ in range(200):
+                with trio.testing.assert_checkpoints():
+                    assert (await runner.exec("x = 1")).status == "ok"
+            with trio.move_on_after(0.2) as scope:
+                while True:
+                    await runner.exec("x = 1")
+            assert scope.cancelled_caught
+    finally:
+        os.sched_setaffinity(0, cpus)
+
+
 # --- start failures ----------------------------------------------------------------------
 
 

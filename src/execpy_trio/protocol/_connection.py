@@ -276,6 +276,20 @@ class Connection:
         else:
             self._eof = True
 
+    def receive_into(self, readinto: Callable[[memoryview], int], size: int = 65536) -> int:
+        """Read bytes from the peer with ``readinto(view) -> count`` (such as
+        ``socket.recv_into`` or ``lambda v: os.readv(fd, [v])``), straight into the
+        decoder's buffer: no ``bytes`` object per read. Reads at most ``size`` bytes, or
+        what completes a frame already announced; returns the count, and 0 means the
+        stream ended (as ``receive_data(b"")``). Exceptions of ``readinto`` propagate and
+        change nothing. ``readinto`` must not keep the view."""
+        if self._eof:
+            raise LocalProtocolError("receive_into() called after end of stream")
+        n = self._decoder.read_into(readinto, size)
+        if not n:
+            self._eof = True
+        return n
+
     def next_event(self) -> Message | ConnectionClosed | Any:
         """The next message from the peer, NEED_DATA, or ConnectionClosed at the end."""
         if self.state == S.ERROR:
