@@ -7,11 +7,15 @@ logic (handshake timeout, cancel grace) runs on trio's autojump clock.
 
 from __future__ import annotations
 
+import codecs
+import random
 from typing import Any
 
 import pytest
 import trio
 import trio.testing
+from hypothesis import given
+from hypothesis import strategies as st
 
 import execpy_trio as ex
 import execpy_trio.protocol as P
@@ -211,6 +215,43 @@ async def test_output_text_decodes_split_characters() -> None:
             texts = [event.text async for event in op if isinstance(event, ex.Output)]
         assert texts == ["a", "☃b"]
         assert op.result.stdout == "a☃b"
+
+
+utf8ish = st.lists(
+    st.one_of(
+        st.text(max_size=8).map(str.encode),
+        st.binary(max_size=6),  # anything: invalid bytes, stray continuations, leads
+        st.sampled_from([b"\xe2", b"\x82", b"\xf0\x9f", b"\xed\xa0", b"\xc0", b"\xf4\x90"]),
+    ),
+    max_size=12,
+)
+
+
+@given(utf8ish, st.randoms(use_true_random=False))
+def test_output_text_is_what_an_incremental_decoder_gives(
+    pieces: list[bytes], rnd: random.Random
+) -> None:
+    # Decoded only when asked for, in any order, and the same as decoding as they came.
+    decoder = codecs.getincrementaldecoder("utf-8")("replace")
+    carry = b""
+    events = []
+    for data in [p for p in pieces if p]:
+        event, carry = ex.Output._split("stdout", data, carry)
+        events.append((event, decoder.decode(data)))
+    rnd.shuffle(events)
+    for event, expected in events:
+        assert event.text == expected
+        assert event == ex.Output("stdout", event.data, expected)
+
+
+def test_output_is_immutable_and_hashable() -> None:
+    out = ex.Output("stderr", b"caf\xc3\xa9")
+    assert out.text == "café"
+    assert out == ex.Output("stderr", b"caf\xc3\xa9", "café") != ex.Output("stdout", out.data)
+    assert hash(out) == hash(ex.Output("stderr", b"caf\xc3\xa9"))
+    assert repr(out) == "Output(stream='stderr', data=b'caf\\xc3\\xa9', text='café')"
+    with pytest.raises(AttributeError):
+        out.data = b""  # type: ignore[misc]
 
 
 async def test_rejected_op_keeps_runner_usable() -> None:

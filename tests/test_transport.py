@@ -141,15 +141,15 @@ async def test_oversized_frame_before_handshake_is_refused_unread() -> None:
         await t.aclose()
 
 
+async def answer_one_ping(peer: Peer) -> None:
+    ping = await peer.receive()
+    assert type(ping) is P.Ping
+    await peer.send(P.Pong(ping.token))
+
+
 async def test_ping_pong_and_ping_woken_by_break() -> None:
     async with connected() as (t, peer, nursery):
-
-        async def answer_one() -> None:
-            ping = await peer.receive()
-            assert type(ping) is P.Ping
-            await peer.send(P.Pong(ping.token))
-
-        nursery.start_soon(answer_one)
+        nursery.start_soon(answer_one_ping, peer)
         with trio.fail_after(1):
             assert await t.ping() >= 0
 
@@ -404,13 +404,7 @@ async def test_direct_read_stops_at_a_full_channel_and_closing_routes_the_rest()
         t.close_op(1)  # the consumer goes away: closing routes (drops) what was left
         assert t.statistics().frames_received == 1 + 6
         assert t.conn.state == "IDLE"
-
-        async def answer_ping() -> None:
-            ping = await peer.receive()
-            assert type(ping) is P.Ping
-            await peer.send(P.Pong(ping.token))
-
-        nursery.start_soon(answer_ping)
+        nursery.start_soon(answer_one_ping, peer)
         with trio.fail_after(5):
             await t.ping()  # the reader goes on
 
@@ -438,3 +432,19 @@ async def test_direct_read_leaves_the_end_of_the_stream_to_the_reader() -> None:
                 await channel.receive()
             await t.reader_done.wait()
         assert t.state == BROKEN and isinstance(t.failure, PeerClosed)
+
+
+async def test_a_frame_sent_during_a_partial_write_waits_its_turn() -> None:
+    # The first frame does not fit the socket buffer: its writer holds the write lock
+    # while the rest goes out; a small frame sent meanwhile must come after it, whole.
+    async with connected(sockets=True) as (t, peer, nursery):
+        t.open_op(1)
+        nursery.start_soon(t.send, P.Exec(1, BIG))
+        await trio.testing.wait_all_tasks_blocked()
+        assert t._write_lock.locked()
+        nursery.start_soon(t.send, P.Ping(7))
+        await trio.testing.wait_all_tasks_blocked()
+        with trio.fail_after(5):
+            assert await peer.receive() == P.Exec(1, BIG)
+            assert await peer.receive() == P.Ping(7)
+        assert t.statistics().frames_sent == 3

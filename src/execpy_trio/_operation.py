@@ -28,7 +28,6 @@ The operation talks to its session only through :class:`OpHost`.
 
 from __future__ import annotations
 
-import codecs
 from typing import TYPE_CHECKING, Any, Final, Literal, Protocol
 
 import trio
@@ -52,9 +51,6 @@ RUNNING: Final = "running"
 COMPLETED: Final = "completed"
 REJECTED: Final = "rejected"
 LOST: Final = "lost"
-
-_new_decoder: Final = codecs.getincrementaldecoder("utf-8")
-
 
 class OpHost(Protocol):
     """What an operation needs from its session."""
@@ -111,8 +107,8 @@ class Operation:
         self._text = text
         self._channel = channel
         self._kept = KeptOutput(result_output_limit)
-        # Made on first use: exec and eval never need them.
-        self._decoders: dict[str, codecs.IncrementalDecoder] = {}
+        # Per stream, the start of a character that the last output event ended in.
+        self._carry: dict[str, bytes] = {}
         self._state: OpState = RUNNING
         self._awaiting_input = False
         self._cancel_sent = False
@@ -272,10 +268,12 @@ class Operation:
             assert isinstance(msg, OutputMsg)
             stream = msg.stream
             self._kept.add(stream, msg.data)
-            decoder = self._decoders.get(stream)
-            if decoder is None:
-                decoder = self._decoders[stream] = _new_decoder("replace")
-            return Output(stream, msg.data, decoder.decode(msg.data))  # type: ignore[arg-type]
+            event, self._carry[stream] = Output._split(
+                stream,  # type: ignore[arg-type]
+                msg.data,
+                self._carry.get(stream, b""),
+            )
+            return event
         if kind is InputRequestMsg:
             assert isinstance(msg, InputRequestMsg)
             self._awaiting_input = True

@@ -4,6 +4,7 @@ op keeps to build that completion (:class:`KeptOutput`)."""
 
 from __future__ import annotations
 
+import codecs
 from typing import Any, Final, Literal
 
 import attrs
@@ -26,6 +27,11 @@ Status = Literal["ok", "error", "cancelled"]
 StreamName = Literal["stdout", "stderr"]
 
 STATUS_OK: Final = "ok"
+
+
+_set = object.__setattr__
+_new = object.__new__
+_utf_8_decode: Final = codecs.utf_8_decode
 
 
 def _decode(data: bytes) -> str:
@@ -77,18 +83,74 @@ class ExecResult:
         return self
 
 
-@attrs.frozen
 class Output:
     """Bytes the code wrote to ``stream`` ("stdout" or "stderr"), in order.
 
     ``text`` is the data decoded as UTF-8 (errors replaced). Inside an Operation the
     decoding is incremental per stream, so a character split across two chunks appears
-    whole in the second chunk's text.
+    whole in the second chunk's text. It is decoded when first asked for: a consumer
+    that only wants the bytes never pays for the text. Immutable; equal when stream,
+    data and text are.
     """
 
+    __slots__ = ("_carry", "_cut", "_text", "data", "stream")
     stream: StreamName
     data: bytes
-    text: str = attrs.field(default=attrs.Factory(lambda self: _decode(self.data), takes_self=True))
+    _text: str | None
+    _carry: bytes
+    _cut: int
+
+    def __init__(self, stream: StreamName, data: bytes, text: str | None = None) -> None:
+        _set(self, "stream", stream)
+        _set(self, "data", data)
+        _set(self, "_text", text)
+        _set(self, "_carry", b"")
+        _set(self, "_cut", len(data))
+
+    @classmethod
+    def _split(cls, stream: StreamName, data: bytes, carry: bytes) -> tuple[Output, bytes]:
+        """The event for ``data`` after ``carry`` (the start of a character the previous
+        chunk ended in), and what this one carries over to the next: its text is decoded
+        later, with the result an incremental decoder would give now."""
+        out = _new(cls)
+        _set(out, "stream", stream)
+        _set(out, "data", data)
+        _set(out, "_text", None)
+        _set(out, "_carry", carry)
+        # Only a character's first bytes can be held back, three at most: decoding the
+        # last three bytes of carry + data alone (not final) says how many wait for the
+        # next chunk, as an incremental decoder would hold them.
+        tail = (carry + data[-3:])[-3:] if carry else data[-3:]
+        held = len(tail) - _utf_8_decode(tail, "replace", False)[1]
+        _set(out, "_cut", len(carry) + len(data) - held)  # in carry + data
+        return out, tail[len(tail) - held :] if held else b""
+
+    @property
+    def text(self) -> str:
+        text = self._text
+        if text is None:
+            whole = self._carry + self.data if self._carry else self.data
+            text = whole[: self._cut].decode("utf-8", "replace")
+            _set(self, "_text", text)
+            _set(self, "_carry", b"")  # decoded: let it go
+        return text
+
+    def __setattr__(self, name: str, value: object) -> None:
+        raise attrs.exceptions.FrozenInstanceError
+
+    def __delattr__(self, name: str) -> None:
+        raise attrs.exceptions.FrozenInstanceError
+
+    def __eq__(self, other: object) -> bool:
+        if type(other) is not Output:
+            return NotImplemented
+        return (self.stream, self.data, self.text) == (other.stream, other.data, other.text)
+
+    def __hash__(self) -> int:
+        return hash((self.stream, self.data, self.text))
+
+    def __repr__(self) -> str:
+        return f"Output(stream={self.stream!r}, data={self.data!r}, text={self.text!r})"
 
 
 @attrs.frozen

@@ -291,43 +291,65 @@ class Transport:
             raise self._unusable(f"send {msg.KIND!r}")
         await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._write_lock
-        try:
-            # Uncontended (the usual case): no scheduling round; FIFO order otherwise.
-            lock.acquire_nowait()
-        except trio.WouldBlock:
-            await lock.acquire()
-        try:
-            if self.state != OPEN:
-                raise self._unusable(f"send {msg.KIND!r}")
+        yielded = False
+        if not lock.locked() and self._fd_of is not None:
+            # Nobody writes or waits to: a frame the OS takes whole in one write needs no
+            # lock (no other task runs in between); only the rest of a partial write does.
             data = self.conn.send(msg)  # LocalProtocolError: nothing sent, state unchanged
-            yielded = await self._write(data, msg.KIND)
-        finally:
-            lock.release()
+            sent = self._write_now(data, msg.KIND)
+            if sent < len(data):
+                lock.acquire_nowait()  # free: we have not yielded since we looked
+                try:
+                    yielded = await self._write_rest(data, max(sent, 0), msg.KIND)
+                finally:
+                    lock.release()
+        else:
+            try:
+                # FIFO order behind the writer and those already waiting.
+                lock.acquire_nowait()
+            except trio.WouldBlock:
+                await lock.acquire()
+            try:
+                if self.state != OPEN:
+                    raise self._unusable(f"send {msg.KIND!r}")
+                data = self.conn.send(msg)  # LocalProtocolError: nothing sent
+                sent = self._write_now(data, msg.KIND)
+                if sent < len(data):
+                    yielded = await self._write_rest(data, max(sent, 0), msg.KIND)
+            finally:
+                lock.release()
         if not yielded and not reply_follows:
             await trio.lowlevel.cancel_shielded_checkpoint()
 
-    async def _write(self, data: bytes, kind: str) -> bool:
-        """Write one frame whole; True if that went through the stream (a checkpoint)."""
+    def _write_now(self, data: bytes, kind: str) -> int:
+        """One non-blocking write of a frame, when the stream is a descriptor: the bytes
+        the OS took (all of them: the frame counts as sent), or -1 for another stream.
+
+        A system call cannot be interrupted halfway, so it needs neither a shield nor a
+        timeout. Usually the frame fits in the OS buffer.
+        """
+        fd_of = self._fd_of
+        fd = fd_of() if fd_of is not None else -1
+        if fd < 0:
+            return -1
+        try:
+            sent = os.write(fd, data)
+        except BlockingIOError:
+            sent = 0
+        except OSError as exc:
+            raise self._write_failed(kind, exc) from exc
+        self._bytes_sent += sent
+        if sent == len(data):
+            self._frames_sent += 1
+        return sent
+
+    async def _write_rest(self, data: bytes, sent: int, kind: str) -> bool:
+        """Write what is left of a frame after ``sent`` bytes (the caller holds the write
+        lock); True if that went through the stream (a checkpoint)."""
         size = len(data)
         fd_of = self._fd_of
         fd = fd_of() if fd_of is not None else -1
-        if fd >= 0:
-            # One non-blocking write: a system call cannot be interrupted halfway, so it
-            # needs neither a shield nor a timeout. Usually the frame fits in the OS buffer.
-            try:
-                sent = os.write(fd, data)
-            except BlockingIOError:
-                sent = 0
-            except OSError as exc:
-                raise self._write_failed(kind, exc) from exc
-            if sent == size:
-                self._frames_sent += 1
-                self._bytes_sent += size
-                return False
-            self._bytes_sent += sent
-            rest = memoryview(data)[sent:]
-        else:
-            rest = memoryview(data)
+        rest = memoryview(data)[sent:]
         # A frame must go out whole: a cancel halfway would leave the peer mid-frame. One
         # scope both shields and bounds the write; its deadline moves on with every byte
         # the peer accepts, so it bounds a stall, not the time a big frame takes.
