@@ -474,3 +474,24 @@ def test_decoding_an_ordinary_stream_keeps_order_and_types() -> None:
             out.extend(drain(decoder))
         assert out == values
     assert msgpack.unpackb(data[4 : 4 + struct.unpack(">I", data[:4])[0]]) == values[0]
+
+
+def test_a_failed_read_that_is_kept_does_not_stop_the_buffer_growing() -> None:
+    # The exception of a read that would block may be kept (a handler awaiting inside
+    # its except clause keeps the traceback, and the view in its frames) while another
+    # read grows the buffer for a big frame.
+    decoder = FrameDecoder(2**32 - 1)
+
+    def would_block(view: memoryview) -> int:
+        raise BlockingIOError
+
+    try:
+        decoder.read_into(would_block, 64)
+    except BlockingIOError as exc:
+        kept = exc
+    big = framed({"kind": "output", "data": b"\x02" * 1_000_000})
+    source = Source(big, [1 << 30])
+    while source.pos < len(big):
+        decoder.read_into(source, 4096)
+    assert len(decoder.next_value()["data"]) == 1_000_000
+    assert kept.__traceback__ is not None

@@ -52,6 +52,7 @@ COMPLETED: Final = "completed"
 REJECTED: Final = "rejected"
 LOST: Final = "lost"
 
+
 class OpHost(Protocol):
     """What an operation needs from its session."""
 

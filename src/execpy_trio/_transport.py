@@ -472,6 +472,11 @@ class Transport:
             try:
                 n = self.conn.receive_into(_reader_of(fd), RECEIVE_SIZE)
             except BlockingIOError:
+                n = -1  # wait below, outside the handler: nothing of the read is kept
+            except OSError as exc:
+                self._break(exc)
+                raise TransportBroken(f"the connection to the runner broke ({exc!r})", exc) from exc
+            if n < 0:
                 self._reader_parked = True
                 try:
                     await trio.lowlevel.wait_readable(fd)
@@ -480,9 +485,6 @@ class Transport:
                 finally:
                     self._reader_parked = False
                 return
-            except OSError as exc:
-                self._break(exc)
-                raise TransportBroken(f"the connection to the runner broke ({exc!r})", exc) from exc
             self._bytes_received += n
             # Read without waiting: yield, so that a runner that never stops sending
             # cannot starve the other tasks (as the stream's receive_some does).

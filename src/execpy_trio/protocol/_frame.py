@@ -328,7 +328,10 @@ class FrameDecoder:
         view = self._view
         if view is None:
             view = self._view = memoryview(self._buf)
-        n = readinto(view[end : end + size])
+        # Released on the way out, also when readinto raises: its traceback may outlive
+        # the call (holding the view), and the buffer must stay free to grow.
+        with view[end : end + size] as room:
+            n = readinto(room)
         self._end = end + n
         return n
 
