@@ -322,6 +322,15 @@ async def test_every_exec_is_a_checkpoint_even_when_its_reply_is_already_there()
         os.sched_setaffinity(0, cpus)
 
 
+async def test_the_runner_hands_the_gil_over_within_half_a_millisecond() -> None:
+    # So that its I/O thread can read a cancel while user code spins (bench/README-cancel.md).
+    from execpy_trio.runner._main import SWITCH_INTERVAL
+
+    async with ex.open_runner() as runner:
+        assert await runner.eval("__import__('sys').getswitchinterval()") == SWITCH_INTERVAL
+    assert SWITCH_INTERVAL <= 0.0005
+
+
 # --- start failures ----------------------------------------------------------------------
 
 

@@ -69,7 +69,7 @@ def die_with_parent() -> bool:
     return _prctl(PR_SET_PDEATHSIG, _SIGKILL)
 
 
-def _has_children() -> bool:
+def has_children() -> bool:
     """Whether we have a child (zombies too): one system call, not a walk of /proc.
 
     With no child there is nothing to kill: a descendant hangs below a child of ours
@@ -119,7 +119,7 @@ def _stat_fields(pid: int | str) -> list[bytes] | None:
 def descendants_cpu(root: int) -> float:
     """CPU seconds of ``root``'s live descendants and of the children they reaped, from
     one pass over /proc (those we reaped are in our own ``os.times()``)."""
-    if not _has_children():
+    if not has_children():
         return 0.0
     total = 0
     for pid in set(descendants(root)):
@@ -161,7 +161,7 @@ def kill_descendants(root: int, group: int | None, bound: float = 1.0) -> None:
     uninterruptible sleep dies when it wakes up: we do not wait for it).
     """
     deadline = _monotonic() + bound
-    while _has_children():
+    while has_children():
         pids = descendants(root, group)
         if not pids:
             return
