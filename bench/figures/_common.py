@@ -205,6 +205,72 @@ def open_pipe_pingpong(total: int) -> Iterator[Callable[[], None]]:
             child.wait()
 
 
+# --- the peers' sessions -----------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def open_jupyter_kernel() -> Iterator[tuple[Any, Any]]:
+    """(KernelManager, BlockingKernelClient) of a fresh ipykernel of this interpreter, its
+    stdout and stderr to /dev/null (ipykernel echoes captured fd output there: a terminal
+    would slow it down). Shut down at the end."""
+    from jupyter_client.manager import start_new_kernel
+
+    km, kc = start_new_kernel(
+        kernel_name="python3", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        yield km, kc
+    finally:
+        kc.stop_channels()
+        km.shutdown_kernel(now=True)
+
+
+def jupyter_execute(
+    kc: Any,
+    code: str,
+    on_stream: Callable[[dict[str, Any]], None] | None = None,
+    timeout: float = 60.0,
+) -> dict[str, Any]:
+    """Execute ``code`` with the default options (what ``execute_interactive`` does) and
+    return the reply's content once both the reply and the kernel's "idle" status for this
+    request have come; ``on_stream`` sees each stream message. Raises on an error reply."""
+    msg_id = kc.execute(code)
+    idle = False
+    while not idle:
+        msg = kc.get_iopub_msg(timeout=timeout)
+        if msg["parent_header"].get("msg_id") != msg_id:
+            continue
+        kind = msg["msg_type"]
+        if kind == "stream" and on_stream is not None:
+            on_stream(msg)
+        elif kind == "status" and msg["content"]["execution_state"] == "idle":
+            idle = True
+    while True:
+        reply = kc.get_shell_msg(timeout=timeout)
+        if reply["parent_header"].get("msg_id") == msg_id:
+            break
+    content: dict[str, Any] = reply["content"]
+    if content["status"] != "ok":
+        raise RuntimeError(f"jupyter: {content.get('ename')}: {content.get('evalue')}")
+    return content
+
+
+def jupyter_kernel_pid(km: Any) -> int:
+    return int(km.provisioner.process.pid)
+
+
+@contextlib.contextmanager
+def open_execnet_gateway() -> Iterator[Any]:
+    """An execnet popen gateway running this interpreter."""
+    import execnet
+
+    gw = execnet.makegateway(f"popen//python={sys.executable}")
+    try:
+        yield gw
+    finally:
+        gw.exit()
+
+
 # --- peers, versions, the machine --------------------------------------------------------
 
 PEER_MODULES: dict[str, tuple[str, ...]] = {
@@ -305,7 +371,7 @@ def md_table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
 
 def targets_table(targets: Sequence[Target]) -> str:
     def mark(met: bool | None) -> str:
-        return "not measured" if met is None else ("met" if met else "**missed**")
+        return "reported" if met is None else ("met" if met else "**missed**")
 
     return md_table(["target", "value", "met?"], [(t.name, t.value, mark(t.met)) for t in targets])
 
