@@ -39,7 +39,7 @@ FULL_SECONDS = 40
 KEYS = ("execpy", "pool", "jupyter", "execnet", "trio-parallel", "python", "msgpack")
 LABELS = {
     "execpy": "execpy open_runner + exec",
-    "pool": "pool fresh runner (manager.exec fresh=True)",
+    "pool": "execpy pool fresh runner (spare ready)",
     "jupyter": "jupyter kernel start + execute",
     "execnet": "execnet popen gateway + remote_exec",
     "trio-parallel": "trio-parallel first call (new worker)",
@@ -67,7 +67,7 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
     import execpy_trio as ex
     from figures._noop import noop
 
-    rounds = 3 if quick else 12
+    rounds = 3 if quick else 15
     closes: list[float] = []
 
     async def execpy() -> float:

@@ -31,7 +31,7 @@ from figures import _common as c
 NAME = "roundtrip"
 TITLE = "Warm exec round trip"
 QUICK_SECONDS = 8
-FULL_SECONDS = 30
+FULL_SECONDS = 35
 
 WARM = 300
 CODE = "x = 1"
@@ -48,9 +48,9 @@ PEERS = ("jupyter", "execnet", "trio-parallel")
 
 
 def _sizes(quick: bool) -> dict[str, int]:
-    rounds, per_round = (3, 300) if quick else (6, 1000)
+    rounds, per_round = (3, 300) if quick else (8, 1500)
     # Jupyter takes ~3-5 ms per op: fewer of them, still enough for a p99.
-    return {"rounds": rounds, "per_round": per_round, "jupyter_per_round": per_round // 3}
+    return {"rounds": rounds, "per_round": per_round, "jupyter_per_round": per_round // 5}
 
 
 def measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
@@ -122,7 +122,7 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
             raise RuntimeError(f"execpy: x is {value!r} after the round trips")
     for key in KEYS:
         if key in samples:
-            out["rows"][key] = {"label": LABELS[key], "samples": c.compact(samples[key])}
+            out["rows"][key] = {"label": LABELS[key], "samples": c.compact(samples[key], 1)}
         else:
             out["rows"][key] = {"label": LABELS[key], "missing": c.NOT_INSTALLED}
     return out
