@@ -396,7 +396,7 @@ def _write_performance_md(
         if section["docs"]:
             lines += [f"*Measured {_when(section['docs'])}.*", ""]
         for image, caption in rendered.images:
-            lines += [f"![{caption}](img/{image})", "", f"*{caption}*", ""]
+            lines += [f"![{section['title']}](img/{image})", "", f"*{caption}*", ""]
         lines += [rendered.markdown, ""]
         if rendered.targets:
             lines += [c.targets_table(rendered.targets), ""]

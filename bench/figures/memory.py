@@ -41,7 +41,7 @@ IDLE_KEYS = ("execpy", "pool", "jupyter", "execnet", "trio-parallel", "msgpack",
 IDLE_LABELS = {
     "execpy": "execpy runner (open_runner)",
     "pool": "execpy pool runner (fork server)",
-    "jupyter": "ipykernel",
+    "jupyter": "jupyter ipykernel",
     "execnet": "execnet popen gateway",
     "trio-parallel": "trio-parallel worker",
     "msgpack": "python -c 'import msgpack' idle",
@@ -142,7 +142,12 @@ async def _idle() -> dict[str, Any]:
         await trio.sleep(0.5)
 
     def record(key: str, pid: int) -> None:
-        out[key] = {"label": IDLE_LABELS[key], "rss_kib": c.rss_kib(pid), "uss_kib": c.uss_kib(pid)}
+        out[key] = {
+            "label": IDLE_LABELS[key],
+            "rss_kib": c.rss_kib(pid),
+            "uss_kib": c.uss_kib(pid),
+            "cpus": sorted(os.sched_getaffinity(pid)),  # the placement reached it
+        }
 
     async with ex.open_runner() as runner:
         await runner.exec("x = 1")
@@ -292,16 +297,19 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
         )
     images = []
     if places:
-        images.append((_plot_stream(results, places, img_dir), _stream_caption()))
+        mib = results[places[0]]["stream"]["mib"]
+        images.append((_plot_stream(results, places, img_dir), _stream_caption(mib)))
         images.append((_plot_idle(results, places, img_dir), _idle_caption()))
     return c.Rendered("\n\n".join(parts), images, targets)
 
 
-def _stream_caption() -> str:
+def _stream_caption(mib: int) -> str:
+    size = f"{mib // 1024} GiB" if mib >= 1024 else f"{mib} MiB"
     return (
-        "Client and runner RSS over time while 1 GiB of output streams through a slow "
-        "consumer (about 100 MB/s), pinned and unpinned; the dashed line is the client's "
-        f"baseline + {TARGET_GROWTH_MIB} MiB."
+        f"Client and runner RSS over time while {size} of output streams through a slow "
+        "consumer (about 100 MB/s), pinned and unpinned; the dotted line is the client's "
+        f"baseline + {TARGET_GROWTH_MIB} MiB. The step at the start is the first 16 MiB kept "
+        "for op.result (result_output_limit)."
     )
 
 

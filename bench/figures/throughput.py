@@ -51,6 +51,20 @@ LABELS = {
     "execnet": "execnet channel",
     "raw": "raw pipe",
 }
+SHORT = {
+    "execpy": "execpy\nexec_stream",
+    "jupyter": "jupyter\nos.write",
+    "jupyter-stdout": "jupyter\nsys.stdout",
+    "execnet": "execnet\nchannel",
+    "raw": "raw pipe",
+}
+LINE_SHORT = {
+    "execpy": "execpy\nexec_stream",
+    "jupyter": "jupyter",
+    "execnet": "execnet\nmakefile",
+    "raw": "raw pipe\nbuffered",
+    "raw-lines": "raw pipe\nline-buf.",
+}
 LINE_LABELS = {
     "execpy": "execpy exec_stream",
     "jupyter": "jupyter stream",
@@ -381,16 +395,16 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
 def _caption() -> str:
     return (
         "Output throughput, pinned (solid) and unpinned (hatched): left 64 KiB os.write "
-        "chunks in MB/s, right print(i) lines in millions per second; median of the "
+        "chunks in MB/s, right print(i) lines in millions per second (log scale); median of the "
         "repetitions, the bar from the lowest to the highest."
     )
 
 
 def _plot(results: dict[str, dict[str, Any]], places: list[str], img_dir: pathlib.Path) -> str:
     fig, axes = c.new_figure(ncols=2)
-    for ax, case, keys, labels, per, scale, unit in (
-        (axes[0][0], "chunks", KEYS_CHUNKS, LABELS, "bytes", 1.0, "MB/s"),
-        (axes[0][1], "lines", KEYS_LINES, LINE_LABELS, "count", 1e-6, "M lines/s"),
+    for ax, case, keys, labels, short, per, scale, unit in (
+        (axes[0][0], "chunks", KEYS_CHUNKS, LABELS, SHORT, "bytes", 1.0, "MB/s"),
+        (axes[0][1], "lines", KEYS_LINES, LINE_LABELS, LINE_SHORT, "count", 1e-6, "M lines/s, log"),
     ):
         series: dict[str, list[float | None]] = {}
         errors: dict[str, list[tuple[float, float] | None]] = {}
@@ -410,7 +424,9 @@ def _plot(results: dict[str, dict[str, Any]], places: list[str], img_dir: pathli
             series,
             errors=errors,
             value_fmt="{:,.0f}" if case == "chunks" else "{:.2f}",
+            log=case == "lines",
         )
+        ax.set_xticklabels([short[k] for k in keys], rotation=0, ha="center", fontsize=8)
         ax.set_ylabel(unit)
         ax.set_title("64 KiB os.write chunks" if case == "chunks" else "print(i) lines")
     fig.suptitle("Output throughput to the caller")
