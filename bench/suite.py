@@ -78,6 +78,7 @@ def measure_one(name: str, quick: bool, json_path: pathlib.Path) -> int:
         "machine": c.machine(),
         "versions": c.versions(),
         "execpy_trio": os.path.dirname(execpy_trio.__file__ or "?"),
+        "execpy_trio_git": _git_state(os.path.dirname(execpy_trio.__file__ or ".")),
         "env": {k: v for k, v in os.environ.items() if k.startswith("PYTHON")},
         "result": result,
     }
@@ -85,6 +86,29 @@ def measure_one(name: str, quick: bool, json_path: pathlib.Path) -> int:
     tmp.write_text(json.dumps(doc, separators=(",", ":")) + "\n")
     tmp.replace(json_path)
     return 0
+
+
+def _git_state(path: str) -> str:
+    """The last commit of the package directory the measured execpy_trio comes from, and
+    whether its files differ from it: what exactly was measured."""
+    try:
+        head = subprocess.run(
+            ["git", "-C", path, "log", "-1", "--format=%h", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", path, "status", "--porcelain", "--untracked-files=no", "--", "."],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "not a git tree"
+    if not head:
+        return "not a git tree"
+    return f"as of {head}, with uncommitted changes" if dirty else f"as of {head}, clean"
 
 
 # --- the driver --------------------------------------------------------------------------
@@ -268,7 +292,8 @@ def _versions_line(meta: dict[str, Any]) -> str:
     v = meta["versions"]
     return (
         f"Python {v['python']}, trio {v['trio']}, msgpack {v['msgpack']}, execpy-trio "
-        f"{v['execpy-trio']} (from `{meta['execpy_trio']}`); peers: execnet {v['execnet']}, "
+        f"{v['execpy-trio']} (from `{meta['execpy_trio']}`, "
+        f"{meta.get('execpy_trio_git', '?')}); peers: execnet {v['execnet']}, "
         f"trio-parallel {v['trio-parallel']}, jupyter_client {v['jupyter_client']} + "
         f"ipykernel {v['ipykernel']} (pyzmq {v['pyzmq']})"
     )
