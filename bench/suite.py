@@ -216,9 +216,8 @@ def main() -> int:
 
     for i, (name, place) in enumerate(jobs, start=1):
         label = f"[{i}/{len(jobs)}] {name} {place}"
-        if not _available(name):
-            failures[(name, place)] = f"bench/figures/{name}.py does not exist yet"
-            print(f"{label} ... skipped: no module", file=sys.stderr)
+        if not _available(name):  # not written yet: said in RESULTS.md, not a failure
+            print(f"{label} ... skipped: no bench/figures/{name}.py", file=sys.stderr)
             continue
         module = importlib.import_module(f"figures.{name}")
         expected = module.QUICK_SECONDS if args.quick else module.FULL_SECONDS
