@@ -66,6 +66,7 @@ def measure_one(name: str, quick: bool, json_path: pathlib.Path) -> int:
     import execpy_trio
 
     started = datetime.datetime.now(datetime.timezone.utc)
+    load_before = os.getloadavg()[0]
     start = time.perf_counter()
     result = module.measure(quick, progress)
     doc = {
@@ -75,6 +76,8 @@ def measure_one(name: str, quick: bool, json_path: pathlib.Path) -> int:
         "quick": quick,
         "date": started.isoformat(timespec="seconds"),
         "seconds": round(time.perf_counter() - start, 1),
+        # The machine may be shared: its 1-minute load average before and after.
+        "load": [round(load_before, 2), round(os.getloadavg()[0], 2)],
         "machine": c.machine(),
         "versions": c.versions(),
         "execpy_trio": os.path.dirname(execpy_trio.__file__ or "?"),
@@ -307,7 +310,9 @@ def _when(docs: dict[str, dict[str, Any]]) -> str:
     parts = []
     for place, doc in docs.items():
         kind = "quick" if doc["quick"] else "full"
-        parts.append(f"{place}: {doc['date']}, {kind}, {doc['seconds']:.0f} s")
+        load = doc.get("load")
+        on = f", load average {load[0]:.1f} -> {load[1]:.1f}" if load else ""
+        parts.append(f"{place}: {doc['date']}, {kind}, {doc['seconds']:.0f} s{on}")
     return "; ".join(parts)
 
 
