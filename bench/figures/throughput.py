@@ -75,10 +75,11 @@ LINE_LABELS = {
 
 RAW_CHILD = r"""
 import os, sys
-mode, n = sys.argv[1], int(sys.argv[2])
+mode = sys.argv[1]
 sys.stdout.reconfigure(line_buffering=mode == "line-buffered")
 chunk = b"x" * 65536
-while os.read(0, 1):
+for line in sys.stdin:
+    n = int(line)
     if mode == "chunks":
         for _ in range(n):
             os.write(1, chunk)
@@ -151,14 +152,12 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
                 raise RuntimeError(f"execpy: {op.result!r}")
             return received
 
-        # case -> key -> (run(code or n) -> bytes received, count, async?)
-        runs: dict[str, dict[str, tuple[Callable[[], Any], int, bool]]] = {
-            "chunks": {},
-            "lines": {},
-        }
+        # case -> key -> (run(n) -> bytes received, n timed, async?)
+        Run = Callable[[int], Any]
+        runs: dict[str, dict[str, tuple[Run, int, bool]]] = {"chunks": {}, "lines": {}}
         n_chunks, n_lines = sizes["chunks"], sizes["lines"]
-        runs["chunks"]["execpy"] = (lambda: execpy_run(chunks_code(n_chunks)), n_chunks, True)
-        runs["lines"]["execpy"] = (lambda: execpy_run(lines_code(n_lines)), n_lines, True)
+        runs["chunks"]["execpy"] = (lambda n: execpy_run(chunks_code(n)), n_chunks, True)
+        runs["lines"]["execpy"] = (lambda n: execpy_run(lines_code(n)), n_lines, True)
 
         if c.missing("jupyter") is None:
             progress("starting a jupyter kernel")
@@ -174,14 +173,16 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
                 c.jupyter_execute(kc, code, on_stream, timeout=300)
                 return received
 
+            def stdout_code(n: int) -> str:
+                return (
+                    f"import sys\nchunk = 'x' * {CHUNK}\nfor _ in range({n}):\n"
+                    "    sys.stdout.write(chunk)\n"
+                )
+
             nj, nl = sizes["jupyter_chunks"], sizes["peer_lines"]
-            stdout_code = (
-                f"import sys\nchunk = 'x' * {CHUNK}\nfor _ in range({nj}):\n"
-                "    sys.stdout.write(chunk)\n"
-            )
-            runs["chunks"]["jupyter"] = (lambda: jupyter_run(chunks_code(nj)), nj, False)
-            runs["chunks"]["jupyter-stdout"] = (lambda: jupyter_run(stdout_code), nj, False)
-            runs["lines"]["jupyter"] = (lambda: jupyter_run(lines_code(nl)), nl, False)
+            runs["chunks"]["jupyter"] = (lambda n: jupyter_run(chunks_code(n)), nj, False)
+            runs["chunks"]["jupyter-stdout"] = (lambda n: jupyter_run(stdout_code(n)), nj, False)
+            runs["lines"]["jupyter"] = (lambda n: jupyter_run(lines_code(n)), nl, False)
         if c.missing("execnet") is None:
             gw = stack.enter_context(c.open_execnet_gateway())
 
@@ -191,72 +192,83 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
                     received += len(item.encode() if isinstance(item, str) else item)
                 return received
 
-            nl = sizes["peer_lines"]
-            send_code = f"chunk = b'x' * {CHUNK}\nfor _ in range({n_chunks}):\n"
-            send_code += "    channel.send(chunk)\n"
-            file_code = (
-                "import sys\nsys.stdout = channel.makefile('w')\n"
-                + lines_code(nl)
-                + "sys.stdout = sys.__stdout__\n"
-            )
-            runs["chunks"]["execnet"] = (lambda: execnet_run(send_code), n_chunks, False)
-            runs["lines"]["execnet"] = (lambda: execnet_run(file_code), nl, False)
-        raw_chunks = stack.enter_context(_raw_child("chunks", n_chunks))
-        raw_lines = stack.enter_context(_raw_child("block-buffered", n_lines))
-        raw_line_buffered = stack.enter_context(_raw_child("line-buffered", n_lines))
-        runs["chunks"]["raw"] = (raw_chunks, n_chunks, False)
-        runs["lines"]["raw"] = (raw_lines, n_lines, False)
-        runs["lines"]["raw-lines"] = (raw_line_buffered, n_lines, False)
+            def send_code(n: int) -> str:
+                return f"chunk = b'x' * {CHUNK}\nfor _ in range({n}):\n    channel.send(chunk)\n"
 
-        # Warm-up: one run of each (the big runs' first pages, imports, buffers).
+            def file_code(n: int) -> str:
+                return (
+                    "import sys\nsys.stdout = channel.makefile('w')\n"
+                    + lines_code(n)
+                    + "sys.stdout = sys.__stdout__\n"
+                )
+
+            nl = sizes["peer_lines"]
+            runs["chunks"]["execnet"] = (lambda n: execnet_run(send_code(n)), n_chunks, False)
+            runs["lines"]["execnet"] = (lambda n: execnet_run(file_code(n)), nl, False)
+        runs["chunks"]["raw"] = (stack.enter_context(_raw_child("chunks")), n_chunks, False)
+        runs["lines"]["raw"] = (stack.enter_context(_raw_child("block-buffered")), n_lines, False)
+        runs["lines"]["raw-lines"] = (
+            stack.enter_context(_raw_child("line-buffered")),
+            n_lines,
+            False,
+        )
+
+        def expected(case: str, n: int) -> int:
+            return n * CHUNK if case == "chunks" else lines_bytes(n)
+
+        async def one(case: str, key: str, n: int) -> float:
+            run, _n, is_async = runs[case][key]
+            start = time.perf_counter()
+            got = await run(n) if is_async else run(n)
+            elapsed = time.perf_counter() - start
+            if got != expected(case, n):
+                raise RuntimeError(f"{case}/{key}: {got} bytes received, not {expected(case, n)}")
+            return elapsed
+
+        # Warm-up: a twentieth of each run (imports, buffers, the first pages).
         for case in runs:
-            for run, _n, is_async in runs[case].values():
-                await run() if is_async else run()
+            for key, (_run, n, _is_async) in runs[case].items():
+                await one(case, key, max(1, n // 20))
         for case, reps in (("chunks", sizes["chunk_reps"]), ("lines", sizes["line_reps"])):
             seconds: dict[str, list[float]] = {key: [] for key in runs[case]}
             for rep in range(reps):
                 progress(f"{case}: repetition {rep + 1}/{reps}")
-                for key, (run, n, is_async) in runs[case].items():
-                    expected = n * CHUNK if case == "chunks" else lines_bytes(n)
-                    start = time.perf_counter()
-                    got = await run() if is_async else run()
-                    seconds[key].append(time.perf_counter() - start)
-                    if got != expected:
-                        raise RuntimeError(f"{case}/{key}: {got} bytes received, not {expected}")
+                for key, (_run, n, _is_async) in runs[case].items():
+                    seconds[key].append(await one(case, key, n))
             labels = LABELS if case == "chunks" else LINE_LABELS
             for key in labels:
                 if key not in runs[case]:
-                    if key in labels:
-                        out[case][key] = {"label": labels[key], "missing": c.NOT_INSTALLED}
+                    out[case][key] = {"label": labels[key], "missing": c.NOT_INSTALLED}
                     continue
                 n = runs[case][key][1]
                 out[case][key] = {
                     "label": labels[key],
                     "count": n,
-                    "bytes": n * CHUNK if case == "chunks" else lines_bytes(n),
-                    "seconds": [round(s, 6) for s in seconds[key]],
+                    "bytes": expected(case, n),
+                    "seconds": [round(x, 6) for x in seconds[key]],
                     "verified": True,
                 }
     return out
 
 
 @contextlib.contextmanager
-def _raw_child(mode: str, n: int) -> Any:
-    """A plain Python child that writes on each byte it reads; yields run() -> bytes."""
+def _raw_child(mode: str) -> Any:
+    """A plain Python child that writes n chunks or lines for each n it reads on stdin;
+    yields run(n) -> bytes read."""
     r, w = os.pipe()
     env = {k: v for k, v in os.environ.items() if k != "PYTHONUNBUFFERED"}
     child = subprocess.Popen(
-        [sys.executable, "-c", RAW_CHILD, mode, str(n)], stdin=subprocess.PIPE, stdout=w, env=env
+        [sys.executable, "-c", RAW_CHILD, mode], stdin=subprocess.PIPE, stdout=w, env=env
     )
     os.close(w)
-    expected = n * CHUNK if mode == "chunks" else lines_bytes(n)
     buf = bytearray(1 << 20)
     view = memoryview(buf)
     assert child.stdin is not None
     stdin = child.stdin
 
-    def run() -> int:
-        stdin.write(b"g")
+    def run(n: int) -> int:
+        expected = n * CHUNK if mode == "chunks" else lines_bytes(n)
+        stdin.write(b"%d\n" % n)
         stdin.flush()
         got = 0
         while got < expected:
