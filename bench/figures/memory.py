@@ -315,8 +315,9 @@ def _stream_caption(mib: int) -> str:
 
 def _idle_caption() -> str:
     return (
-        "Idle RSS of each worker process, pinned (solid) and unpinned (hatched); the "
-        "references are a Python that imported msgpack and a bare Python, both idling."
+        "Idle RSS of each worker process, pinned (solid) and unpinned (hatched), a black "
+        "line at its USS (the pages no other process shares); the references are a Python "
+        "that imported msgpack and a bare Python, both idling."
     )
 
 
@@ -365,6 +366,22 @@ def _plot_idle(results: dict[str, dict[str, Any]], places: list[str], img_dir: A
         ]
     labels = [IDLE_LABELS[k] for k in keys]
     c.grouped_bars(ax, labels, series, value_fmt="{:.1f}")
+    width = 0.8 / len(places)
+    for i, place in enumerate(places):
+        idle = results[place]["idle"]
+        for j, key in enumerate(keys):
+            uss = idle.get(key, {}).get("uss_kib")
+            if uss is None:
+                continue
+            x = j - 0.4 + width * (i + 0.5)
+            ax.plot(
+                [x - width * 0.4, x + width * 0.4],
+                [uss / 1024] * 2,
+                color="black",
+                lw=1.5,
+                label="USS (not shared)" if i == 0 and j == 0 else None,
+            )
+    ax.legend(fontsize=8)
     ax.set_xticklabels([IDLE_SHORT[k] for k in keys], rotation=0, ha="center", fontsize=8)
     ax.set_ylabel("idle RSS, MiB")
     ax.set_title("Idle RSS of each worker process")
