@@ -33,8 +33,8 @@ from figures import _common as c
 
 NAME = "coldstart"
 TITLE = "Cold start to the first result"
-QUICK_SECONDS = 10
-FULL_SECONDS = 40
+QUICK_SECONDS = 5
+FULL_SECONDS = 15
 
 KEYS = ("execpy", "pool", "jupyter", "execnet", "trio-parallel", "python", "msgpack")
 LABELS = {

@@ -30,8 +30,8 @@ from figures import _common as c
 
 NAME = "memory"
 TITLE = "Memory"
-QUICK_SECONDS = 12
-FULL_SECONDS = 45
+QUICK_SECONDS = 9
+FULL_SECONDS = 20
 
 CHUNK = 64 * 1024
 SLEEP_EVERY, SLEEP = 8, 0.005
@@ -328,11 +328,13 @@ def _plot_stream(results: dict[str, dict[str, Any]], places: list[str], img_dir:
         s = results[place]["stream"]
         t = [x[0] for x in s["samples"]]
         style = "-" if place == "pinned" else "--"
+        alpha = 1.0 if place == "pinned" else 0.6
         ax.plot(
             t,
             [x[1] / 1024 for x in s["samples"]],
             style,
             color=c.color("execpy"),
+            alpha=alpha,
             label=f"client, {place}",
         )
         ax.plot(
@@ -340,6 +342,7 @@ def _plot_stream(results: dict[str, dict[str, Any]], places: list[str], img_dir:
             [x[2] / 1024 for x in s["samples"]],
             style,
             color=c.color("pool"),
+            alpha=alpha,
             label=f"runner, {place}",
         )
     base = max(results[p]["stream"]["baseline_kib"] for p in places) / 1024

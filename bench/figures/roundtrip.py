@@ -30,8 +30,8 @@ from figures import _common as c
 
 NAME = "roundtrip"
 TITLE = "Warm exec round trip"
-QUICK_SECONDS = 8
-FULL_SECONDS = 35
+QUICK_SECONDS = 4
+FULL_SECONDS = 20
 
 WARM = 300
 CODE = "x = 1"
