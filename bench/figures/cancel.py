@@ -33,7 +33,10 @@ recorded (the table shows "verified n/m").
   runner's I/O thread, which reads the cancel and signals the main thread, must wait for
   the GIL, which a spinning thread gives up only every switch interval.
 
-Every row is measured in the same run, interleaved round by round (the order rotates).
+Every runner and the kernel are started first and warmed up (50 ops each, then 3 untimed
+cancels per row); every row is then measured in the same run, interleaved round by round
+(the order rotates). Also timed: one pass of the runner's ``group_members`` over /proc,
+which its I/O thread makes on every cancel before the done can go out.
 """
 
 from __future__ import annotations
@@ -183,6 +186,7 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
             raise RuntimeError("execpy: a runner was replaced during the figure")
         if kernel_pid is not None and c.jupyter_kernel_pid(km) != kernel_pid:
             raise RuntimeError("jupyter: the kernel was restarted during the figure")
+    out["proc_walk"] = _proc_walk()
     for key, (label, impl, case) in ROWS.items():
         if key not in takers:
             out["rows"][key] = {"label": label, "impl": impl, "case": case}
@@ -202,6 +206,19 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
         if impl == "jupyter":
             out["rows"][key]["next_aborted"] = aborted.get(case, 0)
     return out
+
+
+def _proc_walk() -> dict[str, Any]:
+    """What the runner's I/O thread does on every cancel before the main thread may send
+    its done (``signal_children``: one pass over /proc for the members of its process
+    group), timed here: its cost grows with the processes on the machine."""
+    import os
+
+    from execpy_trio.runner._children import group_members
+
+    samples = c.time_sync(lambda: group_members(os.getpid()), 50, warmup=5)
+    procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
+    return {"us": c.compact(samples, 1), "processes": procs}
 
 
 # --- execpy ------------------------------------------------------------------------------
@@ -579,6 +596,14 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
                 )
                 + "; it was sent again, and the time until one came back ok is the "
                 '"+ next op" time.'
+            )
+        walk = results[place].get("proc_walk")
+        if walk:
+            parts.append(
+                "Diagnostic: the runner's I/O thread walks /proc on every cancel (to "
+                "signal its process group's other members) before the main thread may "
+                f"send its done: {c.fmt(c.percentile(walk['us'], 50) / 1000, 2)} ms median "
+                f"here, with {walk['processes']} processes on the machine."
             )
         failures = [
             f"- {row['label']}: {msg}"

@@ -1,17 +1,19 @@
 """Scaling: ops/s of ``manager.exec("x = 1")`` with 1, 2 and 4 runners and 1 to 64
 concurrent callers, and the per-op latency percentiles as the load grows.
 
-For each pool size a manager is opened (``open_manager(size=N, fresh_spares=0)``) and
-warmed up (``WARM`` ops per runner); then, for each caller count in turn, that many tasks
-call ``await manager.exec("x = 1")`` in a loop (status checked): first for a warm-up
-window (untimed: the callers' queue reaches its steady state), then for the measured
-window. Every op is timed on its own, from the call to its return: the time waiting for
-a free runner included, which is what a caller sees. ops/s = ops completed / the wall time
-from the window's start until the last caller has returned. The client's own CPU time
+One manager per pool size (``open_manager(size=N, fresh_spares=0)``) and a reference
+``Runner`` are opened at once and warmed up. Then, in each of ``rounds`` rounds, for each
+caller count, each setup in turn (the order rotates): that many tasks call ``await
+manager.exec("x = 1")`` in a loop (status checked), first for a short warm-up window
+(untimed: the callers' queue reaches its steady state), then for the measured window.
+Every op is timed on its own, from the call to its return: the wait for a free runner
+included, which is what a caller sees. A window's ops/s = its ops / the wall time from its
+start until the last caller has returned; the table gives the median over the rounds, the
+percentiles are over every op of every round. The client's own CPU time
 (``time.process_time`` of this process) per op is recorded too: on 2 cores a pool of
-trivial ops is bound by it, a pool pays off for ops that do real work.
-
-A reference row: one warm ``Runner`` (no manager) and one caller, timed the same way.
+trivial ops is bound by it. The reference, one warm ``Runner`` (no manager) with one
+caller, is measured beside every caller count, and a CPU op (``bench_manager.WORK``, a few
+ms of CPU) with 16 callers shows where a pool pays off.
 
 The per-op latencies are kept as percentiles (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9,
 100; exact order statistics of every op) rather than as the raw list: at ~5,000 ops/s over
@@ -29,7 +31,7 @@ from figures import _common as c
 NAME = "scaling"
 TITLE = "Scaling through the manager"
 QUICK_SECONDS = 6
-FULL_SECONDS = 40
+FULL_SECONDS = 45
 
 CODE = "x = 1"
 #: Callers of the CPU op rows (bench_manager.py's WORK, a few ms of CPU: where a pool pays).
@@ -43,8 +45,8 @@ LEVELS = (0, 1, 5, 10, 25, 50, 75, 90, 95, 99, 99.9, 100)
 
 def _sizes(quick: bool) -> dict[str, Any]:
     if quick:
-        return {"callers": QUICK_CALLERS, "warm_s": 0.05, "window_s": 0.25, "work_s": 0.3}
-    return {"callers": CALLERS, "warm_s": 0.2, "window_s": 1.2, "work_s": 1.5}
+        return {"callers": QUICK_CALLERS, "rounds": 1, "warm_s": 0.03, "window_s": 0.15}
+    return {"callers": CALLERS, "rounds": 3, "warm_s": 0.08, "window_s": 0.35}
 
 
 def measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
@@ -58,10 +60,31 @@ def _percentiles(samples: list[float]) -> dict[str, float]:
     return {f"{q:g}": round(c.percentile(s, q), 1) for q in LEVELS}
 
 
-async def _window(
-    call: Any, callers: int, seconds: float, timed: bool = True
-) -> dict[str, Any] | None:
-    """``callers`` tasks calling ``call()`` until ``seconds`` have passed."""
+class _Cell:
+    """One setup (reference or pool size) at one caller count, over all rounds: each
+    round's ops/s, and every op's latency (us) and the client's CPU (s)."""
+
+    def __init__(self, callers: int) -> None:
+        self.callers = callers
+        self.rates: list[float] = []
+        self.latencies: list[float] = []
+        self.cpu = 0.0
+
+    def result(self) -> dict[str, Any]:
+        n = len(self.latencies)
+        return {
+            "callers": self.callers,
+            "ops": n,
+            "ops_per_s": round(c.percentile(self.rates, 50), 1),
+            "ops_per_s_rounds": [round(r, 1) for r in self.rates],
+            "client_cpu_us_per_op": round(self.cpu / n * 1e6, 1) if n else None,
+            "latency_us": _percentiles(self.latencies),
+        }
+
+
+async def _window(call: Any, callers: int, seconds: float, cell: _Cell | None = None) -> None:
+    """``callers`` tasks calling ``call()`` until ``seconds`` have passed; into ``cell``
+    (ops / the wall time until the last caller returned) unless it is a warm-up."""
     import trio
 
     clock = time.perf_counter
@@ -84,18 +107,14 @@ async def _window(
         for _ in range(callers):
             nursery.start_soon(caller, start + seconds)
     wall = clock() - start
-    cpu = time.process_time() - cpu
-    if not timed:
-        return None
-    n = len(latencies)
-    return {
-        "callers": callers,
-        "ops": n,
-        "wall_s": round(wall, 4),
-        "ops_per_s": round(n / wall, 1),
-        "client_cpu_us_per_op": round(cpu / n * 1e6, 1) if n else None,
-        "latency_us": _percentiles(latencies),
-    }
+    if cell is not None:
+        cell.cpu += time.process_time() - cpu
+        cell.rates.append(len(latencies) / wall)
+        cell.latencies += latencies
+
+
+def _rotated(items: list[Any], i: int) -> list[Any]:
+    return items[i % len(items) :] + items[: i % len(items)]
 
 
 async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
@@ -106,62 +125,64 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
     import execpy_trio as ex
 
     sizes = _sizes(quick)
-    warm_s, window_s = sizes["warm_s"], sizes["window_s"]
+    warm_s, window_s, rounds = sizes["warm_s"], sizes["window_s"], sizes["rounds"]
     out: dict[str, Any] = {"sizes": sizes, "code": CODE, "work": WORK, "pools": {}}
     async with contextlib.AsyncExitStack() as stack:
-        # Everything alive at once, the windows interleaved: for each caller count, the
-        # reference and every pool size in turn (the order rotates), so a busy moment of
-        # the machine does not land on one pool size only.
+        # Everything alive at once and the windows interleaved: in each round, for each
+        # caller count, the reference and every pool size in turn (the order rotates), so
+        # a busy moment of the machine does not land on one setup only; ops/s is the
+        # median over the rounds.
         runner = await stack.enter_async_context(ex.open_runner())
-        managers = {}
+        targets: dict[str, Any] = {"single": runner}
         for size in SIZES:
-            managers[size] = await stack.enter_async_context(
+            targets[str(size)] = await stack.enter_async_context(
                 ex.open_manager(size=size, fresh_spares=0)
             )
         for _ in range(WARM):
             (await runner.exec(CODE)).check()
-        for size, manager in managers.items():
+        for size in SIZES:
             # Every runner warmed: more callers than runners, so each one serves.
-            await _window(_caller_of(manager, CODE), size * 2, warm_s * 2, timed=False)
-        single: list[dict[str, Any]] = []
-        rows: dict[int, list[dict[str, Any]]] = {size: [] for size in SIZES}
-        for i, callers in enumerate(sizes["callers"]):
-            progress(f"{callers} caller{'s' if callers > 1 else ''}")
-            order = ["single", *SIZES]
-            for key in order[i % len(order) :] + order[: i % len(order)]:
-                if key == "single":
-                    call = _caller_of(runner, CODE)
-                    await _window(call, 1, warm_s, timed=False)
-                    row = await _window(call, 1, window_s / 2)
-                    assert row is not None
-                    single.append(row)
-                    continue
-                call = _caller_of(managers[key], CODE)
-                await _window(call, callers, warm_s, timed=False)
-                row = await _window(call, callers, window_s)
-                assert row is not None
-                rows[key].append(row)
-        progress("CPU ops")
-        work: dict[str, Any] = {}
-        work_single = _caller_of(runner, WORK)
-        await _window(work_single, 1, warm_s, timed=False)
-        work["single"] = await _window(work_single, 1, sizes["work_s"])
-        for size, manager in managers.items():
-            call = _caller_of(manager, WORK)
-            await _window(call, WORK_CALLERS, warm_s, timed=False)
-            work[str(size)] = await _window(call, WORK_CALLERS, sizes["work_s"])
-        out["work_rows"] = work
-        for size, manager in managers.items():
-            stats = manager.statistics()
+            await _window(_caller_of(targets[str(size)], CODE), size * 2, warm_s * 4)
+        keys = list(targets)
+        cells = {k: {n: _Cell(1 if k == "single" else n) for n in sizes["callers"]} for k in keys}
+        work = {k: _Cell(1 if k == "single" else WORK_CALLERS) for k in keys}
+        step = 0
+        for r in range(rounds):
+            progress(f"round {r + 1}/{rounds}")
+            for callers in sizes["callers"]:
+                for key in _rotated(keys, step):
+                    n = 1 if key == "single" else callers
+                    call = _caller_of(targets[key], CODE)
+                    await _window(call, n, warm_s)
+                    await _window(call, n, window_s, cells[key][callers])
+                step += 1
+            # CPU ops: the same, one caller count.
+            for key in _rotated(keys, step):
+                n = 1 if key == "single" else WORK_CALLERS
+                call = _caller_of(targets[key], WORK)
+                await _window(call, n, warm_s)
+                await _window(call, n, window_s, work[key])
+            step += 1
+        for size in SIZES:
+            stats = targets[str(size)].statistics()
             # The pool stayed what it was: no runner crashed, was killed or replaced.
             if stats.crashed or stats.killed or stats.recycled or stats.spawned != size:
                 raise RuntimeError(f"scaling: the pool changed during the figure: {stats}")
-            out["pools"][str(size)] = {"rows": rows[size], "statistics": _stats_dict(stats)}
+            out["pools"][str(size)] = {
+                "rows": [cells[str(size)][n].result() for n in sizes["callers"]],
+                "statistics": _stats_dict(stats),
+            }
         value = await runner.eval("x")
         if value != 1:
             raise RuntimeError(f"scaling: x is {value!r} in the reference runner")
-    out["single"] = _merge(single)
-    out["single_windows"] = single
+    # The reference (one caller) was measured beside every caller count: all of it.
+    whole = _Cell(1)
+    for cell in cells["single"].values():
+        whole.rates += cell.rates
+        whole.latencies += cell.latencies
+        whole.cpu += cell.cpu
+    out["single"] = whole.result()
+    out["work_rows"] = {k: cell.result() for k, cell in work.items()}
     return out
 
 
@@ -170,23 +191,6 @@ def _caller_of(target: Any, code: str) -> Any:
         return await target.exec(code)
 
     return call
-
-
-def _merge(windows: list[dict[str, Any]]) -> dict[str, Any]:
-    """The reference over all its windows: total ops / total wall; the percentiles are
-    those of the median window (each window's are exact, the union's are not kept)."""
-    ops = sum(w["ops"] for w in windows)
-    wall = sum(w["wall_s"] for w in windows)
-    middle = sorted(windows, key=lambda w: w["ops_per_s"])[len(windows) // 2]
-    return {
-        "callers": 1,
-        "ops": ops,
-        "wall_s": round(wall, 4),
-        "ops_per_s": round(ops / wall, 1),
-        "client_cpu_us_per_op": middle["client_cpu_us_per_op"],
-        "latency_us": middle["latency_us"],
-        "windows": len(windows),
-    }
 
 
 def _stats_dict(stats: Any) -> dict[str, Any]:
@@ -268,7 +272,15 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
         work = result.get("work_rows")
         if work:
             base_work = work["single"]["ops_per_s"]
-            work_rows = [["one Runner (no manager)", 1, c.fmt(base_work, 0), "1.00x", "-"]]
+            work_rows = [
+                [
+                    "one Runner (no manager)",
+                    1,
+                    c.fmt(base_work, 0),
+                    "1.00x",
+                    _ms(work["single"]["latency_us"]["99"]),
+                ]
+            ]
             for size in (k for k in work if k != "single"):
                 row = work[size]
                 work_rows.append(
