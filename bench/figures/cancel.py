@@ -3,11 +3,13 @@ the runner then usable; for a tight loop, a sleep and a pending input; Jupyter's
 ``interrupt_kernel()`` beside it, and two diagnostic rows that show where the time goes.
 
 One sample (execpy): a caller task runs the op inside a ``trio.CancelScope``; a second
-task waits a random 3-10 ms (the code is then in its loop or its sleep; for the input case,
-1-3 ms after the ``InputRequest`` event arrived), reads the clock and calls
-``scope.cancel()``. The caller reads the clock when the scope has exited (``exec`` has
-sent the cancel, the runner's cancelled ``done`` has come, and the caller runs again):
-that is the **cancel latency**. The caller then times a following ``exec("x = 1")`` (the
+task waits a random 5-50 ms (uniform; for the input case, counted from the arrival of the
+``InputRequest`` event), reads the clock and calls ``scope.cancel()``. The delay is kept
+with each sample: a cancel early in an op and one after it has run a while take different
+paths in the runner (its I/O thread takes over reading on its second 2 ms tick). The
+caller reads the clock when the scope has exited (``exec`` has sent the cancel, the
+runner's cancelled ``done`` has come, and the caller runs again): that is the **cancel
+latency**. The caller then times a following ``exec("x = 1")`` (the
 **next op**: the runner is usable). Then, untimed, the sample is verified: the scope
 caught the cancel, the runner's ``ops_cancelled`` grew by one and ``ops_lost`` did not
 (the completion said "cancelled": the runner was not killed after ``cancel_grace``), its
@@ -25,7 +27,8 @@ recorded (the table shows "verified n/m").
   delay after the kernel's ``execute_input`` (or its ``input_request``), then
   ``km.interrupt_kernel()`` (SIGINT to the kernel, its interrupt mode "signal") until the
   ``execute_reply`` arrives (checked: status "error", ename "KeyboardInterrupt"); the next
-  op is ``kc.execute("x = 1")`` until its reply;
+  op is ``kc.execute("x = 1")`` until its reply (sent again while ipykernel answers
+  "aborted": its ``stop_on_error`` aborts what comes right after an error);
 - diagnostic, runner alone: the real runner driven by a bare protocol loop (no client
   library: send ``cancel``, read until ``done``), loop and sleep: the runner's share;
 - diagnostic, switch interval: the execpy loop case on a runner whose code first calls
@@ -68,8 +71,10 @@ CODES = {
 }
 SWITCH_INTERVAL = 0.0005
 SWITCH_CODE = f"import sys\nsys.setswitchinterval({SWITCH_INTERVAL})\n" + CODES["loop"]
-RUN_DELAY = (0.003, 0.010)  # s after the op started: the code is in its loop or sleep
-INPUT_DELAY = (0.001, 0.003)  # s after the input request arrived
+#: s from the op's start (the input request's arrival for input) to the cancel, drawn
+#: uniformly: from just after the start to what a short timeout would be. Both ends matter:
+#: the runner's I/O thread takes over reading only on its second 2 ms tick of an op.
+DELAY = (0.005, 0.050)
 RESET = "stage = None\ni = 0"
 NEXT = "x = 1"
 WAIT = 10.0  # s: a cancel that takes longer than this is a failure, not a sample
@@ -94,7 +99,7 @@ DIAGNOSTIC = ("bare", "switch")
 
 
 def _sizes(quick: bool) -> dict[str, int]:
-    rounds, per_round, jupyter_per_round = (3, 5, 3) if quick else (10, 10, 6)
+    rounds, per_round, jupyter_per_round = (2, 5, 3) if quick else (10, 10, 6)
     return {"rounds": rounds, "per_round": per_round, "jupyter_per_round": jupyter_per_round}
 
 
@@ -116,26 +121,25 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
     out: dict[str, Any] = {
         "sizes": sizes,
         "target_ms": TARGET_MS,
-        "run_delay_s": RUN_DELAY,
-        "input_delay_s": INPUT_DELAY,
+        "delay_s": DELAY,
         "rows": {},
     }
     # key -> (take one sample: () -> (cancel us, next op us), samples per round)
-    takers: dict[str, tuple[Callable[[], Awaitable[tuple[float, float]]], int]] = {}
+    takers: dict[str, tuple[Callable[[float], Awaitable[tuple[float, float]]], int]] = {}
     async with contextlib.AsyncExitStack() as stack:
         runner = await stack.enter_async_context(ex.open_runner())
         switch_runner = await stack.enter_async_context(ex.open_runner())
         for key, (_label, impl, case) in ROWS.items():
             if impl == "execpy":
-                takers[key] = (_bind_execpy(runner, case, CODES[case], rng), sizes["per_round"])
+                takers[key] = (_bind_execpy(runner, case, CODES[case]), sizes["per_round"])
             elif impl == "switch":
                 takers[key] = (
-                    _bind_execpy(switch_runner, case, SWITCH_CODE, rng),
+                    _bind_execpy(switch_runner, case, SWITCH_CODE),
                     sizes["per_round"],
                 )
         bare = await stack.enter_async_context(_open_bare_runner())
         for case in ("loop", "sleep"):
-            takers[f"bare/{case}"] = (_bind_bare(bare, case, rng), sizes["per_round"])
+            takers[f"bare/{case}"] = (_bind_bare(bare, case), sizes["per_round"])
         kernel_pid = None
         aborted: dict[str, int] = {}
         if c.missing("jupyter") is None:
@@ -147,7 +151,7 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
             _jupyter_reset(kc)
             for case in CASES:
                 takers[f"jupyter/{case}"] = (
-                    _bind_jupyter(km, kc, case, rng, aborted),
+                    _bind_jupyter(km, kc, case, aborted),
                     sizes["jupyter_per_round"],
                 )
         for _ in range(50):
@@ -160,11 +164,12 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
         samples: dict[str, tuple[list[float], list[float]]] = {k: ([], []) for k in takers}
         failures: dict[str, list[str]] = {k: [] for k in takers}
         tried: dict[str, int] = dict.fromkeys(takers, 0)
+        delays: dict[str, list[float]] = {k: [] for k in takers}
         progress("warm-up: 3 untimed cancels per row")
         for take, _n in takers.values():
             for _ in range(3):
                 with contextlib.suppress(Unverified):
-                    await take()
+                    await take(rng.uniform(*DELAY))
         aborted.clear()
         order = list(takers)
         rounds = sizes["rounds"]
@@ -175,12 +180,14 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
                 for _ in range(n):
                     tried[key] += 1
                     try:
-                        cancel_us, next_us = await take()
+                        delay = rng.uniform(*DELAY)
+                        cancel_us, next_us = await take(delay)
                     except Unverified as exc:
                         failures[key].append(str(exc))
                         continue
                     samples[key][0].append(cancel_us)
                     samples[key][1].append(next_us)
+                    delays[key].append(delay * 1000)
         # The same processes all along: nothing was killed and replaced.
         if (runner.statistics().pid, switch_runner.statistics().pid) != pids:
             raise RuntimeError("execpy: a runner was replaced during the figure")
@@ -199,6 +206,7 @@ async def _measure(quick: bool, progress: c.Progress) -> dict[str, Any]:
             "case": case,
             "cancel_us": c.compact(cancel_us, 1),
             "next_us": c.compact(next_us, 1),
+            "delay_ms": c.compact(delays[key], 1),
             "tried": tried[key],
             "failures": failures[key][:10],
             "failed": len(failures[key]),
@@ -216,26 +224,30 @@ def _proc_walk() -> dict[str, Any]:
 
     from execpy_trio.runner._children import group_members
 
-    samples = c.time_sync(lambda: group_members(os.getpid()), 50, warmup=5)
+    pid = os.getpid()
+    warm = c.time_sync(lambda: group_members(pid), 30, warmup=5)
+    # As in the runner: once, after the process has been idle a while (caches cold).
+    idle = []
+    for _ in range(10):
+        time.sleep(0.03)
+        idle += c.time_sync(lambda: group_members(pid), 1)
     procs = sum(1 for name in os.listdir("/proc") if name.isdigit())
-    return {"us": c.compact(samples, 1), "processes": procs}
+    return {"us": c.compact(warm, 1), "after_idle_us": c.compact(idle, 1), "processes": procs}
 
 
 # --- execpy ------------------------------------------------------------------------------
 
 
 def _bind_execpy(
-    runner: Any, case: str, code: str, rng: random.Random
-) -> Callable[[], Awaitable[tuple[float, float]]]:
-    async def take() -> tuple[float, float]:
-        return await _execpy_once(runner, case, code, rng)
+    runner: Any, case: str, code: str
+) -> Callable[[float], Awaitable[tuple[float, float]]]:
+    async def take(delay: float) -> tuple[float, float]:
+        return await _execpy_once(runner, case, code, delay)
 
     return take
 
 
-async def _execpy_once(
-    runner: Any, case: str, code: str, rng: random.Random
-) -> tuple[float, float]:
+async def _execpy_once(runner: Any, case: str, code: str, delay: float) -> tuple[float, float]:
     """One cancel of ``code`` on ``runner``: (cancel latency us, next op us), verified."""
     import trio
 
@@ -272,9 +284,7 @@ async def _execpy_once(
     async def canceller() -> None:
         if case == "input":
             await asked.wait()
-            await trio.sleep(rng.uniform(*INPUT_DELAY))
-        else:
-            await trio.sleep(rng.uniform(*RUN_DELAY))
+        await trio.sleep(delay)
         marks["cancel"] = clock()
         scope.cancel()
 
@@ -370,16 +380,14 @@ async def _open_bare_runner() -> AsyncIterator[_Bare]:
         proc.wait(timeout=10)
 
 
-def _bind_bare(
-    bare: _Bare, case: str, rng: random.Random
-) -> Callable[[], Awaitable[tuple[float, float]]]:
-    async def take() -> tuple[float, float]:
-        return await _bare_once(bare, case, rng)
+def _bind_bare(bare: _Bare, case: str) -> Callable[[float], Awaitable[tuple[float, float]]]:
+    async def take(delay: float) -> tuple[float, float]:
+        return await _bare_once(bare, case, delay)
 
     return take
 
 
-async def _bare_once(bare: _Bare, case: str, rng: random.Random) -> tuple[float, float]:
+async def _bare_once(bare: _Bare, case: str, delay: float) -> tuple[float, float]:
     import trio
 
     from execpy_trio.protocol import Cancel, Done, Exec
@@ -387,7 +395,7 @@ async def _bare_once(bare: _Bare, case: str, rng: random.Random) -> tuple[float,
     clock = time.perf_counter
     bare.op += 1
     await bare.send(Exec(bare.op, CODES[case]))
-    await trio.sleep(rng.uniform(*RUN_DELAY))
+    await trio.sleep(delay)
     start = clock()
     await bare.send(Cancel(bare.op))
     done = await bare.until(Done)
@@ -410,11 +418,11 @@ async def _bare_once(bare: _Bare, case: str, rng: random.Random) -> tuple[float,
 
 
 def _bind_jupyter(
-    km: Any, kc: Any, case: str, rng: random.Random, aborted: dict[str, int]
-) -> Callable[[], Awaitable[tuple[float, float]]]:
-    async def take() -> tuple[float, float]:
+    km: Any, kc: Any, case: str, aborted: dict[str, int]
+) -> Callable[[float], Awaitable[tuple[float, float]]]:
+    async def take(delay: float) -> tuple[float, float]:
         # Blocking calls in the Trio task: nothing else runs in this loop meanwhile.
-        return _jupyter_once(km, kc, case, rng, aborted)
+        return _jupyter_once(km, kc, case, delay, aborted)
 
     return take
 
@@ -462,20 +470,19 @@ def _jupyter_reset(kc: Any) -> None:
 
 
 def _jupyter_once(
-    km: Any, kc: Any, case: str, rng: random.Random, aborted: dict[str, int]
+    km: Any, kc: Any, case: str, delay: float, aborted: dict[str, int]
 ) -> tuple[float, float]:
-    """One interrupt; ``aborted`` counts, per case, the next ops that came back "aborted"
-    and were sent again."""
+    """One interrupt ``delay`` s after the code started; ``aborted`` counts, per case, the
+    next ops that came back "aborted" and were sent again."""
     clock = time.perf_counter
     msg_id = kc.execute(CODES[case], allow_stdin=case == "input")
     if case == "input":
         request = kc.get_stdin_msg(timeout=WAIT)
         if request["msg_type"] != "input_request":
             raise Unverified(f"jupyter: {request['msg_type']} in place of input_request")
-        time.sleep(rng.uniform(*INPUT_DELAY))
     else:
         _iopub_until(kc, msg_id, "execute_input")
-        time.sleep(rng.uniform(*RUN_DELAY))
+    time.sleep(delay)
     start = clock()
     km.interrupt_kernel()
     reply = _shell_reply(kc, msg_id)
@@ -603,7 +610,9 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
                 "Diagnostic: the runner's I/O thread walks /proc on every cancel (to "
                 "signal its process group's other members) before the main thread may "
                 f"send its done: {c.fmt(c.percentile(walk['us'], 50) / 1000, 2)} ms median "
-                f"here, with {walk['processes']} processes on the machine."
+                "back to back, "
+                f"{c.fmt(c.percentile(walk.get('after_idle_us', []), 50) / 1000, 2)} ms after "
+                f"30 ms idle, with {walk['processes']} processes on the machine."
             )
         failures = [
             f"- {row['label']}: {msg}"
