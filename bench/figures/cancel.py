@@ -642,8 +642,8 @@ def _short(row: dict[str, Any]) -> str:
     impl = {
         "execpy": "execpy",
         "jupyter": "jupyter",
-        "bare": "runner alone",
-        "switch": "execpy, 0.5 ms\nswitch interval",
+        "bare": "runner\nalone",
+        "switch": "execpy,\n0.5 ms switch",
     }[row["impl"]]
     return f"{impl}\n{case}"
 
