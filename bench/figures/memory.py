@@ -260,6 +260,11 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
             rows,
         )
     )
+    parts.append(
+        "The client's RSS steps up in the first ~0.2 s and is flat after it: the step is the "
+        "first 16 MiB of output that the op keeps for `op.result` (`result_output_limit`'s "
+        "default) plus the receive buffers; the rest goes through and is freed."
+    )
     headers = ["worker"]
     for place in places:
         headers += [f"{place} RSS MiB", "USS MiB", "x msgpack RSS"]

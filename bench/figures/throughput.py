@@ -369,7 +369,9 @@ def render(results: dict[str, dict[str, Any]], img_dir: pathlib.Path) -> c.Rende
     parts.append(
         "Jupyter and execnet print fewer lines than 1,000,000 in the full run (see the "
         "lines column): at ~7-9 us a line they would take most of the figure's budget; "
-        "a rate over 200,000 lines is already steady."
+        "a rate over 200,000 lines is already steady. Unpinned, the raw pipe swings between "
+        "~1 and ~4.4 GB/s with where the scheduler puts its two ends (see the range): its "
+        'unpinned "x raw" ratios are not a measure; the 0.35x target is pinned.'
     )
 
     for place in places:
