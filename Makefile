@@ -69,4 +69,4 @@ bench-quick: $(BENCH_STAMP)
 	$(BENCH_PY) bench/suite.py --quick
 
 clean:
-	rm -rf $(VENV) build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) .venv-bench build *.egg-info src/*.egg-info .pytest_cache .mypy_cache .ruff_cache .hypothesis

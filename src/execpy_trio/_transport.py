@@ -134,9 +134,9 @@ OPEN: Final = "OPEN"
 BROKEN: Final = "BROKEN"
 CLOSED: Final = "CLOSED"
 
-#: Bytes asked for per read. Large reads matter for output throughput: with several 64 KiB
-#: output frames per read most decode in place (measured: 256 KiB beats 64 and 128 KiB,
-#: 512 KiB gains nothing; the round trip does not care).
+#: Bytes asked for per read (more when a frame announced needs it). Large reads matter for
+#: output throughput (measured: 256 KiB beats 64 and 128 KiB, and 1 MiB, with output
+#: frames of up to 256 KiB; the round trip does not care).
 RECEIVE_SIZE: Final = 256 * 1024
 #: A frame that does not fit the OS buffer at once is written in pieces of this size when
 #: the stream is not a plain descriptor, so that progress can be measured between pieces.

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from execpy_trio.protocol import Done, Output
+from execpy_trio.runner._capture import MAX_CHUNK
 from runner_client import RunnerClient, wait_for, wait_for_file_code
 
 
@@ -56,13 +57,19 @@ def test_binary_and_utf8_output(client: RunnerClient) -> None:
     assert r.stdout == bytes(range(256)) + "h\u00e9llo \u2603\n".encode()
 
 
-def test_chunks_are_bounded_by_64k_and_the_peer_limit() -> None:
-    c = RunnerClient(max_frame=64 * 1024)
+@pytest.mark.parametrize(
+    ("max_frame", "largest"), [(64 * 1024, 64 * 1024 - 64), (1 << 24, MAX_CHUNK)]
+)
+def test_chunks_are_bounded_by_max_chunk_and_the_peer_limit(max_frame: int, largest: int) -> None:
+    c = RunnerClient(max_frame=max_frame)
     try:
-        r = c.exec("import os\nos.write(1, b'x' * 1_000_000)", timeout=30)
+        r = c.exec("import os\nos.write(1, b'x' * 4_000_000)", timeout=30)
         outputs = [e for e in r.events if isinstance(e, Output)]
-        assert sum(len(e.data) for e in outputs) == 1_000_000
-        assert max(len(e.data) for e in outputs) <= 64 * 1024 - 64
+        assert sum(len(e.data) for e in outputs) == 4_000_000
+        biggest = max(len(e.data) for e in outputs)
+        assert biggest <= largest
+        if max_frame > MAX_CHUNK:
+            assert biggest > 64 * 1024  # bulk output in chunks as large as allowed
     finally:
         c.close()
 

@@ -113,7 +113,7 @@ class Channel:
                 self.write_all(pieces[0])
             else:
                 # An output frame: its head and payload in one writev, so the payload is
-                # never copied into a frame buffer (one 64 KiB copy less per chunk).
+                # never copied into a frame buffer (one copy less per chunk).
                 self.write_pieces(pieces)
             if self._control:
                 self._flush_control()
