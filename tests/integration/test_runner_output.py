@@ -178,12 +178,14 @@ def test_200_mb_of_output_with_a_slow_reader_keeps_memory_bounded(client: Runner
     ours_before = _rss_kib(os.getpid())
     received = 0
     samples = []
+    next_sample = 16 * 1024 * 1024
     deadline = time.monotonic() + 60
     while True:
         ev = client.recv(deadline - time.monotonic())
         if isinstance(ev, Output):
             received += len(ev.data)
-            if received % (16 * 1024 * 1024) < 65536:
+            if received >= next_sample:  # every 16 MiB, whatever the chunks' size
+                next_sample += 16 * 1024 * 1024
                 samples.append(_rss_kib(client.pid))
                 time.sleep(0.05)  # stay slow now and then
             continue
