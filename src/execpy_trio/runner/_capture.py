@@ -5,7 +5,7 @@ At start-up fds 1 and 2 become the write ends of two pipes (fd 0 becomes /dev/nu
 in the order written. ``sys.stdout`` and ``sys.stderr`` are line-buffered, write-through
 text wrappers on fds 1 and 2: a complete line (or a ``\\r``) reaches the pipe at once.
 
-Two **pump** threads read the pipes in chunks of at most 256 KiB (and under the client's
+Two **pump** threads read the pipes in chunks of at most 512 KiB (and under the client's
 ``max_frame``) and send each chunk as an ``output`` frame while an op runs. Sending blocks
 while the client does not read, the pump then stops reading, the pipe fills, and the
 writer blocks: memory stays bounded end to end. Bytes written while no op runs wait in
@@ -59,7 +59,7 @@ if TYPE_CHECKING:
 PIPE_SIZE = 1 << 20
 #: Room for an output frame's header and map around its payload.
 FRAME_OVERHEAD = 64
-MAX_CHUNK = 262144
+MAX_CHUNK = 524288
 _ERRORS = {"stdout": "surrogateescape", "stderr": "backslashreplace"}
 
 
