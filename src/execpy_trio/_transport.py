@@ -588,8 +588,10 @@ class Transport:
         conn = self.conn
         routed = False
         try:
+            # A parked reader left no complete frame in the connection; only a fill that
+            # stopped early (stranded) can have: otherwise, straight to the read.
+            event = conn.next_event() if self._stranded else NEED_DATA
             while True:
-                event = conn.next_event()
                 if event is NEED_DATA:
                     self._stranded = False
                     if not read:
@@ -600,20 +602,21 @@ class Transport:
                         self._bytes_received += conn.receive_into(_reader_of(fd), RECEIVE_SIZE)
                     except OSError:
                         return routed  # nothing yet, or a failure the reader will meet
-                    continue
-                if isinstance(event, ConnectionClosed):
+                elif isinstance(event, ConnectionClosed):
                     return routed  # the end of the stream: the reader wakes to it
-                self._frames_received += 1
-                routed = True
-                if not self._route_now(event):
-                    op: int = event.op  # type: ignore[union-attr]
-                    channel = self._ops[op]
-                    channel.put_over(event)
-                    if type(event) is Done or type(event) is Error:
-                        channel.end()
-                        self._ops.pop(op, None)
-                    self._stranded = True
-                    return True
+                else:
+                    self._frames_received += 1
+                    routed = True
+                    if not self._route_now(event):
+                        op: int = event.op  # type: ignore[union-attr]
+                        channel = self._ops[op]
+                        channel.put_over(event)
+                        if type(event) is Done or type(event) is Error:
+                            channel.end()
+                            self._ops.pop(op, None)
+                        self._stranded = True
+                        return True
+                event = conn.next_event()
         except RemoteProtocolError as exc:
             # The reader's to handle (tell the runner, break): stop it, it finds it.
             self._stashed = exc
