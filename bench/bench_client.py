@@ -15,13 +15,14 @@ Rows whose peer is not installed (execnet, trio-parallel, jupyter_client + ipyke
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import socket
 import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import trio
@@ -64,7 +65,11 @@ async def best_of(rounds: int, n: int, step: Callable[[], Awaitable[Any]]) -> fl
     return min(means)
 
 
-async def floor_pingpong(n: int, rounds: int) -> float:
+@contextlib.asynccontextmanager
+async def open_floor() -> AsyncIterator[Callable[[], Awaitable[None]]]:
+    """The trio floor: Trio on this side of a socketpair, a plain Python child echoing
+    length-prefixed msgpack frames on the other. Yields ``step()``: one exec-sized frame
+    sent, echoed, read back and decoded."""
     import msgpack
 
     ours, theirs = socket.socketpair()
@@ -84,12 +89,18 @@ async def floor_pingpong(n: int, rounds: int) -> float:
         msgpack.unpackb(bytes(buf[4 : len(frame)]))
         del buf[: len(frame)]
 
-    for _ in range(200):
-        await step()
-    result = await best_of(rounds, n, step)
-    await stream.aclose()
-    proc.wait(timeout=10)
-    return result
+    try:
+        yield step
+    finally:
+        await stream.aclose()
+        proc.wait(timeout=10)  # the child exits at EOF at once
+
+
+async def floor_pingpong(n: int, rounds: int) -> float:
+    async with open_floor() as step:
+        for _ in range(200):
+            await step()
+        return await best_of(rounds, n, step)
 
 
 async def bare_loop_exec(n: int, rounds: int) -> float:

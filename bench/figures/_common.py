@@ -27,11 +27,10 @@ import math
 import os
 import pathlib
 import platform
-import socket
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any
 
 BENCH_DIR = pathlib.Path(__file__).resolve().parent.parent
@@ -135,37 +134,12 @@ async def time_async(step: Callable[[], Awaitable[object]], n: int, warmup: int 
 # --- the floors --------------------------------------------------------------------------
 
 
-@contextlib.asynccontextmanager
-async def open_trio_floor() -> AsyncIterator[Callable[[], Awaitable[None]]]:
-    """The trio floor of bench/bench_client.py (``floor_pingpong``): Trio on this side of a
-    socketpair, a plain Python child echoing length-prefixed msgpack frames on the other.
-    Yields ``step()``: one exec-sized frame sent, echoed, read back and decoded."""
-    import msgpack
-    import trio
-    from bench_client import ECHO_CHILD
+def open_trio_floor() -> contextlib.AbstractAsyncContextManager[Callable[[], Awaitable[None]]]:
+    """The trio floor of bench/bench_client.py (``open_floor``, which ``floor_pingpong``
+    times): yields ``step()``, one exec-sized frame echoed by a plain Python child."""
+    from bench_client import open_floor
 
-    ours, theirs = socket.socketpair()
-    proc = subprocess.Popen(  # noqa: ASYNC220 - set-up, not timed
-        [sys.executable, "-c", ECHO_CHILD, str(theirs.fileno())], pass_fds=[theirs.fileno()]
-    )
-    theirs.close()
-    stream = trio.SocketStream(trio.socket.from_stdlib_socket(ours))
-    body = msgpack.packb({"kind": "exec", "op": 1, "code": "x = 1"})
-    frame = len(body).to_bytes(4, "big") + body
-    buf = bytearray()
-
-    async def step() -> None:
-        await stream.send_all(frame)
-        while len(buf) < len(frame):
-            buf.extend(await stream.receive_some(65536))
-        msgpack.unpackb(bytes(buf[4 : len(frame)]))
-        del buf[: len(frame)]
-
-    try:
-        yield step
-    finally:
-        await stream.aclose()
-        proc.wait(timeout=10)  # the child exits at EOF at once
+    return open_floor()
 
 
 @contextlib.contextmanager
