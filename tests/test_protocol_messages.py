@@ -37,7 +37,7 @@ from execpy_trio.protocol import (
     message_from_wire,
     pack_body,
 )
-from execpy_trio.protocol._messages import checked_wire, invalid_reason
+from execpy_trio.protocol._message_base import checked_wire, invalid_reason
 from execpy_trio.protocol._output_reader import OutputReader
 
 MAX_ID = 2**63 - 1

@@ -31,6 +31,7 @@ from ._frame import (
     undecodable_reason,
     unpack_body,
 )
+from ._message_base import Message
 from ._messages import (
     MESSAGE_TYPES,
     Cancel,
@@ -41,7 +42,6 @@ from ._messages import (
     Hello,
     InputReply,
     InputRequest,
-    Message,
     Output,
     Ping,
     Pong,

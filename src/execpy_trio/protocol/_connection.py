@@ -29,16 +29,14 @@ from ._frame import (
     max_objects,
     unpack_body,
 )
+from ._message_base import Message, checked_wire, invalid_reason
 from ._messages import (
     Error,
     Hello,
-    Message,
     Output,
     Ping,
     UnknownMessage,
     Welcome,
-    checked_wire,
-    invalid_reason,
     message_from_wire,
 )
 from ._output_reader import OutputReader
