@@ -135,8 +135,8 @@ BROKEN: Final = "BROKEN"
 CLOSED: Final = "CLOSED"
 
 #: Bytes asked for per read (more when a frame announced needs it). Large reads matter for
-#: output throughput (measured: 256 KiB beats 64 and 128 KiB, and 1 MiB, with output
-#: frames of up to 256 KiB; the round trip does not care).
+#: output throughput (measured with output frames of up to 256 KiB: 256 KiB beats 64 and
+#: 128 KiB, and 1 MiB; the round trip does not care).
 RECEIVE_SIZE: Final = 256 * 1024
 #: A frame that does not fit the OS buffer at once is written in pieces of this size when
 #: the stream is not a plain descriptor, so that progress can be measured between pieces.
@@ -292,31 +292,27 @@ class Transport:
         await trio.lowlevel.checkpoint_if_cancelled()
         lock = self._write_lock
         yielded = False
-        if not lock.locked() and self._fd_of is not None:
-            # Nobody writes or waits to: a frame the OS takes whole in one write needs no
-            # lock (no other task runs in between); only the rest of a partial write does.
-            data = self.conn.send(msg)  # LocalProtocolError: nothing sent, state unchanged
-            sent = self._write_now(data, msg.KIND)
-            if sent < len(data):
-                lock.acquire_nowait()  # free: we have not yielded since we looked
-                try:
-                    yielded = await self._write_rest(data, max(sent, 0), msg.KIND)
-                finally:
-                    lock.release()
-        else:
+        # Nobody writes or waits to (the usual case): a frame the OS takes whole in one
+        # write needs no lock, since no other task runs in between; only the rest of a
+        # partial write does. Otherwise FIFO order behind the writer and its waiters.
+        held = lock.locked() or self._fd_of is None
+        if held:
             try:
-                # FIFO order behind the writer and those already waiting.
                 lock.acquire_nowait()
             except trio.WouldBlock:
                 await lock.acquire()
-            try:
-                if self.state != OPEN:
-                    raise self._unusable(f"send {msg.KIND!r}")
-                data = self.conn.send(msg)  # LocalProtocolError: nothing sent
-                sent = self._write_now(data, msg.KIND)
-                if sent < len(data):
-                    yielded = await self._write_rest(data, max(sent, 0), msg.KIND)
-            finally:
+        try:
+            if held and self.state != OPEN:
+                raise self._unusable(f"send {msg.KIND!r}")
+            data = self.conn.send(msg)  # LocalProtocolError: nothing sent, state unchanged
+            sent = self._write_now(data, msg.KIND)
+            if sent < len(data):
+                if not held:
+                    lock.acquire_nowait()  # free: we have not yielded since we looked
+                    held = True
+                yielded = await self._write_rest(data, max(sent, 0), msg.KIND)
+        finally:
+            if held:
                 lock.release()
         if not yielded and not reply_follows:
             await trio.lowlevel.cancel_shielded_checkpoint()

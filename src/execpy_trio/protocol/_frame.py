@@ -301,10 +301,14 @@ class FrameDecoder:
             self._end = pending
         short = pending + n - len(buf)
         if short > 0:
-            if self._view is not None:
-                self._view.release()
-                self._view = None
+            self._release_view()
             buf.extend(bytes(max(short, len(buf) // 2)))
+
+    def _release_view(self) -> None:
+        # Before the buffer is resized or dropped: an export would forbid the resize.
+        if self._view is not None:
+            self._view.release()
+            self._view = None
 
     def read_into(self, readinto: Callable[[memoryview], int], size: int) -> int:
         """Read once with ``readinto(view)``, straight into the buffer; return what it
@@ -404,10 +408,7 @@ class FrameDecoder:
         if stop == end:
             self._pos = self._end = 0
             if len(buf) > _KEEP_BUFFER:
-                # After a big frame: do not hold its memory.
-                if self._view is not None:
-                    self._view.release()
-                    self._view = None
+                self._release_view()  # after a big frame: do not hold its memory
                 self._buf = bytearray()
         # (Otherwise the consumed prefix is dropped when room is needed: _make_room.)
         return value
